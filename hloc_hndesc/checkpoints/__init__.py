@@ -1,0 +1,1 @@
+"""Shipped checkpoints, their registry (registry.json) and model cards."""

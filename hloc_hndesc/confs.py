@@ -1,0 +1,74 @@
+"""The extractor confs this package adds to hloc, in hloc's own format.
+
+Each conf is ``{output, model: {name, ...}, preprocessing: {...}}`` exactly like
+``hloc.extract_features.confs``; ``model.name`` is the hloc extractor module the
+plugin registers (prefixed ``hndesc_`` so it never collides with hloc's own
+``r2d2``, ``dog``, ...). ``output`` names encode the settings, as hloc's do.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from typing import Any
+
+#: hloc extractor module name -> "module:Class" of our extractor.
+EXTRACTORS: dict[str, str] = {
+    "hndesc_hynet": "hloc_hndesc.features.hynet:HyNetExtractor",
+    "hndesc_r2d2": "hloc_hndesc.features.r2d2:R2D2Extractor",
+    "hndesc_caps": "hloc_hndesc.features.caps:CAPSExtractor",
+    "hndesc_how": "hloc_hndesc.features.how:HOWExtractor",
+}
+
+CONFS: dict[str, dict[str, Any]] = {
+    "hynet": {
+        "output": "feats-hynet-dog-n8000-r1600",
+        "model": {"name": "hndesc_hynet", "max_keypoints": 8000},
+        "preprocessing": {"grayscale": True, "resize_max": 1600},
+    },
+    "hndesc-r2d2": {
+        "output": "feats-hndesc-r2d2-n5000-r1024",
+        "model": {"name": "hndesc_r2d2", "max_keypoints": 5000},
+        "preprocessing": {"grayscale": False, "resize_max": 1024},
+    },
+    "hndesc-caps": {
+        "output": "feats-hndesc-caps-dog-n8000-r1024",
+        "model": {"name": "hndesc_caps", "max_keypoints": 8000},
+        "preprocessing": {"grayscale": False, "resize_max": 1024},
+    },
+    "how": {
+        "output": "global-feats-how-r18-r1024",
+        "model": {"name": "hndesc_how", "mode": "global"},
+        "preprocessing": {"grayscale": False, "resize_max": 1024},
+    },
+    "how-asmk": {
+        "output": "feats-how-r18-n1000-r1024",
+        "model": {"name": "hndesc_how", "mode": "local", "features_num": 1000},
+        "preprocessing": {"grayscale": False, "resize_max": 1024},
+    },
+}
+
+PREPROCESSING_KEYS = ("grayscale", "resize_max", "resize_force", "interpolation", "globs")
+
+
+def get_conf(name: str) -> dict[str, Any]:
+    """A deep copy of conf ``name``; unknown names raise ``KeyError`` listing the known ones."""
+    if name not in CONFS:
+        raise KeyError(f"Unknown conf {name!r}; available: {', '.join(sorted(CONFS))}")
+    return copy.deepcopy(CONFS[name])
+
+
+def extractor_class(model_name: str) -> type:
+    """The extractor class behind an hloc model name such as ``hndesc_r2d2``."""
+    if model_name not in EXTRACTORS:
+        raise KeyError(f"Unknown model {model_name!r}; available: {', '.join(sorted(EXTRACTORS))}")
+    module, cls = EXTRACTORS[model_name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_extractor(model_conf: dict[str, Any], weights: str | None = None):
+    """Build the extractor of an hloc ``model`` conf (``name`` plus extractor options)."""
+    conf = dict(model_conf)
+    name = conf.pop("name")
+    conf_weights = conf.pop("weights", None)
+    return extractor_class(name)(conf, weights=weights if weights is not None else conf_weights)

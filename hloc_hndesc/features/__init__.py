@@ -1,0 +1,1 @@
+"""Feature extraction: image tensor in, keypoints / descriptors out."""

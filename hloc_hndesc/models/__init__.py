@@ -1,0 +1,1 @@
+"""Pure torch networks (no file or image I/O, nothing of hloc)."""

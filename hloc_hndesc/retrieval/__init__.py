@@ -1,0 +1,1 @@
+"""Retrieval: ASMK and hloc pairs writers."""

@@ -1,0 +1,1 @@
+"""End-to-end hloc pipelines (installed as ``hloc_hndesc.pipelines``)."""

@@ -1,0 +1,48 @@
+"""Shared fixtures: the real data beside the checkout, random-weight checkpoints."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+DATA_DIR = Path(os.environ.get("HLOC_HNDESC_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"real data not found at {DATA_DIR} (set HLOC_HNDESC_DATA)")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def sacre_coeur(data_dir: Path) -> Path:
+    return data_dir / "sacre_coeur" / "mapping"
+
+
+def load_photo(path: Path, max_side: int, grayscale: bool = False) -> np.ndarray:
+    """A real photo as float32 [0, 1], longer side ``max_side``."""
+    from hloc_hndesc.io import read_image, resize_max
+
+    return resize_max(read_image(path, grayscale=grayscale), max_side)
+
+
+@pytest.fixture(scope="session")
+def photo_small(sacre_coeur: Path) -> np.ndarray:
+    """One real RGB photo, 256 px longer side."""
+    return load_photo(sorted(sacre_coeur.glob("*.jpg"))[0], 256)
+
+
+def write_image(path: Path, array: np.ndarray) -> Path:
+    """Write an RGB (or grey) uint8/uint16 array with OpenCV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if array.ndim == 3 and array.shape[2] == 3:
+        array = array[..., ::-1]
+    elif array.ndim == 3 and array.shape[2] == 4:
+        array = array[..., [2, 1, 0, 3]]
+    assert cv2.imwrite(str(path), np.ascontiguousarray(array))
+    return path

@@ -1,0 +1,1 @@
+"""Self-supervised training of the project's networks (installed as ``hloc_hndesc.training``)."""
