@@ -8,12 +8,14 @@ plugins (e.g. ``hloc-hndesc hloc extract_features --conf hndesc-r2d2 ...``).
 from __future__ import annotations
 
 import argparse
-import runpy
+import ast
+import importlib
+import inspect
 import sys
 from pathlib import Path
 
 from . import logger
-from .confs import CONFS
+from .confs import CONFS, extractor_class
 from .config import ConfigError
 from .hloc_plugin import hloc_available, register
 
@@ -23,14 +25,11 @@ def _cmd_list(_: argparse.Namespace) -> int:
 
     shipped = read_registry()
     for name, conf in CONFS.items():
-        status = "shipped weights" if name in shipped or _shares_weights(name, shipped) else "no shipped weights (pass --weights)"
+        weights_name = extractor_class(conf["model"]["name"]).weights_name
+        status = f"shipped weights ({weights_name})" if weights_name in shipped else "no shipped weights (pass --weights)"
         print(f"{name:12s} {conf['output']:38s} {status}")
     print(f"hloc registration: {'active' if hloc_available() else 'hloc not installed'}")
     return 0
-
-
-def _shares_weights(conf_name: str, shipped: dict) -> bool:
-    return conf_name == "how-asmk" and "how" in shipped
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
@@ -52,13 +51,45 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 1 if report.skipped else 0
 
 
+def run_hloc_module(module: str, argv: list[str]) -> None:
+    """Run ``python -m hloc.<module> argv`` with our confs registered.
+
+    ``runpy`` would re-execute the module and rebuild its ``confs`` without ours, so
+    the already imported (registered) module is used and only the body of its
+    ``if __name__ == "__main__":`` block is run in its namespace.
+    """
+    register()
+    mod = importlib.import_module(f"hloc.{module}")
+    source = inspect.getsource(mod)
+    blocks = [node.body for node in ast.parse(source).body if _is_main_guard(node)]
+    if not blocks:
+        raise SystemExit(f"hloc.{module} has no command line")
+    code = compile(ast.Module(body=blocks[0], type_ignores=[]), inspect.getfile(mod), "exec")
+    old_argv = sys.argv
+    sys.argv = [f"hloc.{module}", *argv]
+    try:
+        exec(code, vars(mod))  # hloc's own installed code, as runpy would run it
+    finally:
+        sys.argv = old_argv
+
+
+def _is_main_guard(node: ast.stmt) -> bool:
+    test = getattr(node, "test", None)
+    return (
+        isinstance(node, ast.If)
+        and isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "__name__"
+        and isinstance(test.comparators[0], ast.Constant)
+        and test.comparators[0].value == "__main__"
+    )
+
+
 def _cmd_hloc(args: argparse.Namespace) -> int:
     if not hloc_available():
         logger.error("hloc is not installed; see the README for how to add it.")
         return 2
-    register()
-    sys.argv = [f"hloc.{args.module}", *args.args]
-    runpy.run_module(f"hloc.{args.module}", run_name="__main__", alter_sys=True)
+    run_hloc_module(args.module, args.args)
     return 0
 
 

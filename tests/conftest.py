@@ -46,3 +46,37 @@ def write_image(path: Path, array: np.ndarray) -> Path:
         array = array[..., [2, 1, 0, 3]]
     assert cv2.imwrite(str(path), np.ascontiguousarray(array))
     return path
+
+
+def random_checkpoint(conf_name: str, path: Path, seed: int = 0) -> Path:
+    """A checkpoint of randomly initialised weights, in our layout, for conf ``conf_name``.
+
+    Extractors refuse to run without weights; tests pass this file as ``weights``.
+    """
+    import torch
+
+    from hloc_hndesc.weights import save_checkpoint
+
+    torch.manual_seed(seed)
+    meta: dict = {}
+    if conf_name == "hynet":
+        from hloc_hndesc.models.hynet import build_hynet
+
+        net = build_hynet()
+    elif conf_name == "hndesc-r2d2":
+        from hloc_hndesc.models.r2d2 import R2D2Net
+
+        net = R2D2Net("slim", mchan=2)
+        meta = net.arch.as_meta()
+    elif conf_name == "hndesc-caps":
+        from hloc_hndesc.models.caps import CAPSNet
+
+        net = CAPSNet()
+    elif conf_name in ("how", "how-asmk"):
+        from hloc_hndesc.models.how import HOWNet
+
+        net = HOWNet()
+    else:
+        raise KeyError(conf_name)
+    save_checkpoint(net, path, meta)
+    return path

@@ -1,0 +1,65 @@
+"""Writing benchmark rows into BENCHMARKS.md: one section per script, replaced on rerun."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> str:
+    """CPU model, cores, torch threads, GPU if any."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, {gpu}"
+
+
+def commit() -> str:
+    """Short commit of the checkout (with '+dirty' if it has uncommitted changes)."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_section(key: str, title: str, body: str, path: Path = ROOT / "BENCHMARKS.md") -> None:
+    """Replace (or append) the section ``key`` of BENCHMARKS.md with ``body``."""
+    begin, end = f"<!-- begin {key} -->", f"<!-- end {key} -->"
+    header = (
+        f"## {title}\n\n"
+        f"- command: `{' '.join(['python', '-m', 'benchmarks.' + key, *sys.argv[1:]])}`\n"
+        f"- machine: {machine()}\n"
+        f"- date: {datetime.date.today().isoformat()}, commit {commit()}\n\n"
+    )
+    section = f"{begin}\n{header}{body.rstrip()}\n{end}\n"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery section is written by the script named in its command.\n\n"
+    if begin in text and end in text:
+        pre, rest = text.split(begin, 1)
+        post = rest.split(end, 1)[1].lstrip("\n")
+        text = pre + section + ("\n" + post if post else "")
+    else:
+        text = text.rstrip() + "\n\n" + section
+    path.write_text(text)
+
+
+def table(header: list[str], rows: list[list[object]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,115 @@
+"""Integration with the real hloc: registration and hloc's own main() functions.
+
+hloc is not on PyPI, so CI has no hloc and these tests skip there. Run them against
+upstream hloc as the README's "Adding hloc" section says.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import random_checkpoint
+
+hloc = pytest.importorskip("hloc", reason="hloc is not installed (peer dependency, not on PyPI)")
+pytest.importorskip("hloc.extract_features", reason="hloc is installed but its extract_features does not import")
+
+import hloc_hndesc  # noqa: E402,F401  (registers)
+from hloc import extract_features, extractors, match_features, pairs_from_exhaustive, pairs_from_retrieval  # noqa: E402
+from hloc.utils.base_model import BaseModel, dynamic_load  # noqa: E402
+from hloc_hndesc.confs import CONFS, EXTRACTORS  # noqa: E402
+
+pytestmark = pytest.mark.hloc
+
+
+def test_confs_registered_without_collisions():
+    assert hloc_hndesc.HLOC_REGISTERED
+    for name in CONFS:
+        assert name in extract_features.confs
+    hloc_own = {p.stem for p in __import__("pathlib").Path(extractors.__file__).parent.glob("*.py")}
+    assert not set(EXTRACTORS) & hloc_own
+    for model in EXTRACTORS:
+        cls = dynamic_load(extractors, model)
+        assert issubclass(cls, BaseModel) and cls.__module__ == f"hloc.extractors.{model}"
+        assert sys.modules[f"hloc.extractors.{model}"] is getattr(extractors, model)
+
+
+@pytest.fixture(scope="module")
+def images(sacre_coeur, tmp_path_factory):
+    """Three sacre_coeur photos (hloc's own demo set)."""
+    root = tmp_path_factory.mktemp("images")
+    for path in sorted(sacre_coeur.glob("*.jpg"))[:3]:
+        shutil.copy(path, root / path.name)
+    return root
+
+
+def _conf(name: str, weights, resize_max: int = 320) -> dict:
+    conf = CONFS[name]
+    model = {**conf["model"], "weights": str(weights)}
+    if name == "hndesc-r2d2":  # random weights: keep every local maximum
+        model.update(reliability_threshold=0.0, repeatability_threshold=0.0)
+    if name in ("hynet", "hndesc-caps"):
+        model.update(max_keypoints=256)
+    return {
+        **conf,
+        "model": model,
+        "preprocessing": {**conf["preprocessing"], "resize_max": resize_max},
+    }
+
+
+@pytest.mark.parametrize("name", ["hynet", "hndesc-r2d2", "hndesc-caps", "how-asmk"])
+def test_local_confs_through_hloc(name, images, tmp_path):
+    weights = random_checkpoint(name, tmp_path / "w.pth")
+    conf = _conf(name, weights)
+    feats = extract_features.main(conf, images, tmp_path, as_half=False)
+    assert feats.name == conf["output"] + ".h5"
+    names = sorted(p.name for p in images.iterdir())
+    with h5py.File(feats) as fd:
+        assert sorted(fd.keys()) == names
+        for n in names:
+            kps, desc = fd[n]["keypoints"][()], fd[n]["descriptors"][()]
+            w, h = fd[n]["image_size"][()]
+            assert kps.dtype == np.float32 and desc.shape[1] == len(kps) > 0
+            # hloc rescales to the original resolution, pixel centres at integers
+            assert kps.min() >= -0.5 and kps[:, 0].max() <= w - 0.5 and kps[:, 1].max() <= h - 0.5
+            assert max(w, h) > 320 and kps.max() > 320 * 0.8
+    pairs = tmp_path / "pairs.txt"
+    pairs_from_exhaustive.main(pairs, image_list=names)
+    matches = match_features.main(match_features.confs["NN-mutual"], pairs, conf["output"], tmp_path)
+    with h5py.File(matches) as fd:
+        m = fd[f"{names[0]}/{names[1]}"]["matches0"][()]
+        assert (m >= -1).all() and (m > -1).sum() > 0
+
+
+def test_global_conf_through_hloc_retrieval(images, tmp_path):
+    weights = random_checkpoint("how", tmp_path / "w.pth")
+    conf = _conf("how", weights)
+    feats = extract_features.main(conf, images, tmp_path)
+    with h5py.File(feats) as fd:
+        for n in fd.keys():
+            g = fd[n]["global_descriptor"][()].astype(np.float32)
+            assert g.shape == (128,) and abs(np.linalg.norm(g) - 1) < 1e-2
+    pairs = tmp_path / "pairs.txt"
+    pairs_from_retrieval.main(feats, pairs, num_matched=2)
+    lines = pairs.read_text().split("\n")
+    lines = [line.split() for line in lines if line]
+    assert len(lines) == 3 * 2 and all(a != b for a, b in lines)
+
+
+def test_cli_entry_point_runs_hloc_extract_features(images, tmp_path):
+    """`hloc-hndesc hloc extract_features --conf how-...` sees our confs (hloc's CLI would not)."""
+    from hloc_hndesc.cli import main
+
+    weights = random_checkpoint("how", tmp_path / "w.pth")
+    extract_features.confs["how-cli-test"] = _conf("how", weights, 256)
+    try:
+        main(["hloc", "extract_features", "--conf", "how-cli-test", "--image_dir", str(images),
+              "--export_dir", str(tmp_path)])
+    finally:
+        extract_features.confs.pop("how-cli-test")
+    with h5py.File(tmp_path / (CONFS["how"]["output"] + ".h5")) as fd:
+        assert len(fd.keys()) == 3

@@ -1,0 +1,303 @@
+"""R2D2-family network and multi-scale extractor (random weights, small images)."""
+
+from __future__ import annotations
+
+import collections
+import functools
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import hloc_hndesc.features.r2d2 as r2d2_features
+from hloc_hndesc.config import ConfigError
+from hloc_hndesc.features.base import imagenet_normalize
+from hloc_hndesc.features.r2d2 import R2D2Extractor, pyramid_scales
+from hloc_hndesc.models.r2d2 import (
+    R2D2Arch,
+    R2D2ArchError,
+    R2D2Net,
+    arch_from_checkpoint,
+    parse_official_net_name,
+    r2d2_from_official_checkpoint,
+)
+from hloc_hndesc.weights import NoWeightsError, WeightsError, save_checkpoint, shipped_weights
+
+OFFICIAL_KEYS_FULL = {f"ops.{i}.weight" for i in (0, 3, 6, 9, 12, 15, 18, 20, 22)}
+OFFICIAL_BN_FULL = {f"ops.{i}.running_mean" for i in (1, 4, 7, 10, 13, 16, 19, 21)}
+
+
+def _net(variant: str = "full", mchan: int = 4, seed: int = 0) -> R2D2Net:
+    torch.manual_seed(seed)
+    net = R2D2Net(variant, mchan)
+    with torch.no_grad():  # non-trivial batch-norm statistics
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def _official_file(path: Path, net: R2D2Net, name: str, **extra) -> Path:
+    state = {"module." + k: v for k, v in net.state_dict().items()}
+    torch.save({"net": name, "state_dict": state, **extra}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def rgb(sacre_coeur) -> np.ndarray:
+    """A real photo, 256 px longer side, float32 RGB in [0, 1]."""
+    image = cv2.imread(str(sorted(sacre_coeur.glob("*.jpg"))[0]), cv2.IMREAD_COLOR)[..., ::-1]
+    scale = 256 / max(image.shape[:2])
+    size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+
+
+def _tensor(rgb: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+
+
+@pytest.fixture(scope="module")
+def ckpt_full(tmp_path_factory) -> Path:
+    net = _net("full", 2)
+    path = tmp_path_factory.mktemp("r2d2") / "full.pth"
+    save_checkpoint(net, path, meta=net.arch.as_meta())
+    return path
+
+
+# ---------------------------------------------------------------- network
+
+
+@pytest.mark.parametrize("variant,size,out", [("full", (37, 50), (37, 50)), ("slim", (37, 51), (36, 50))])
+def test_shapes_dtype_and_layout(variant, size, out):
+    net = _net(variant, 1)
+    for batch in (1, 2):
+        res = net(torch.randn(batch, 3, *size))
+        assert res["descriptors"].shape == (batch, 128, *out)
+        assert res["raw_descriptors"].shape == (batch, 128, *out)
+        assert res["reliability"].shape == res["repeatability"].shape == (batch, 1, *out)
+        assert all(v.dtype == torch.float32 and v.device.type == "cpu" for v in res.values())
+    keys = set(net.state_dict())
+    if variant == "full":
+        assert OFFICIAL_KEYS_FULL | OFFICIAL_BN_FULL <= keys and len(keys) == 46
+    else:
+        assert {"ops.10.weight", "ops.23.weight", "ops.22.running_var"} <= keys and "ops.9.weight" not in keys
+    assert not any(m.affine for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_eval_determinism_ranges_and_unit_norm():
+    net = _net("full", 1)
+    x = torch.randn(1, 3, 40, 48)
+    with torch.no_grad():
+        a, b = net(x), net(x)
+    for key in a:
+        assert torch.equal(a[key], b[key])
+    for key in ("reliability", "repeatability"):
+        assert a[key].min() >= 0 and a[key].max() <= 1
+        assert a[key].std() > 0
+    norms = a["descriptors"].norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+    torch.testing.assert_close(a["descriptors"], torch.nn.functional.normalize(a["raw_descriptors"], dim=1))
+
+
+def test_repeatability_is_softplus_ratio_and_reliability_softmax():
+    net = _net("full", 1)
+    x = torch.randn(1, 3, 24, 24)
+    with torch.no_grad():
+        res = net(x)
+        energy = res["raw_descriptors"] ** 2
+        sp = torch.nn.functional.softplus(net.sal(energy))
+        logits = net.clf(energy)
+    torch.testing.assert_close(res["repeatability"], sp / (1 + sp))
+    torch.testing.assert_close(res["reliability"], torch.sigmoid(logits[:, 1:2] - logits[:, :1]))
+
+
+@pytest.mark.parametrize("variant", ["full", "slim"])
+def test_gradient_reaches_every_parameter(variant):
+    net = _net(variant, 1).train()
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 32, 32)
+    res = net(x)
+    loss = (res["descriptors"] * torch.randn_like(res["descriptors"])).sum()
+    loss = loss + res["reliability"].sum() + res["repeatability"].sum()
+    loss.backward()
+    for name, param in net.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+# ------------------------------------------------------- official layout
+
+
+@pytest.mark.parametrize(
+    "name,variant,mchan", [("Quad_L2Net_ConfCFS()", "full", 4), ("Fast_Quad_L2Net_ConfCFS()", "slim", 4),
+                           ("Quad_L2Net_ConfCFS(mchan=2)", "full", 2)]
+)
+def test_official_layout_loads_strictly_and_reproduces(tmp_path, name, variant, mchan):
+    source = _net(variant, mchan, seed=3)
+    path = _official_file(tmp_path / "official.pt", source, name)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    assert all(k.startswith("module.") for k in ckpt["state_dict"])
+    ours = r2d2_from_official_checkpoint(ckpt)
+    assert ours.arch == R2D2Arch(variant, mchan) and not ours.training
+    x = torch.randn(1, 3, 30, 34)
+    with torch.no_grad():
+        ref, out = source(x), ours(x)
+    for key in ("descriptors", "reliability", "repeatability"):
+        assert torch.equal(ref[key], out[key])
+    extractor = R2D2Extractor({"variant": "auto"}, weights=path)
+    assert extractor.net.arch == R2D2Arch(variant, mchan)
+    with torch.no_grad():  # channels_last convolutions round differently
+        torch.testing.assert_close(extractor.net(x)["descriptors"], ref["descriptors"], atol=1e-6, rtol=0)
+
+
+def test_official_file_with_training_losses_defaultdict_loads(tmp_path):
+    losses = collections.defaultdict(list, {"loss_reliability": [0.1, 0.2]})
+    path = _official_file(tmp_path / "faster.pt", _net("slim", 1), "Fast_Quad_L2Net_ConfCFS(mchan=1)",
+                          training_losses=losses)
+    extractor = R2D2Extractor(weights=path)
+    assert extractor.net.arch == R2D2Arch("slim", 1)
+    assert extractor.weights_path == path
+
+
+def test_official_layout_missing_key_is_refused(tmp_path):
+    net = _net("full", 1)
+    state = {"module." + k: v for k, v in net.state_dict().items() if k != "sal.bias"}
+    torch.save({"net": "Quad_L2Net_ConfCFS(mchan=1)", "state_dict": state}, tmp_path / "bad.pt")
+    with pytest.raises(WeightsError, match="sal.bias"):
+        R2D2Extractor(weights=tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "__import__('pathlib').Path('PWNED').touch()",
+        "Quad_L2Net_ConfCFS(mchan=__import__('os').getpid())",
+        "Quad_L2Net_ConfCFS();open('PWNED','w')",
+        "L2_Net()",
+        "Quad_L2Net_ConfCFS(dilated=False)",
+    ],
+)
+def test_unknown_or_malicious_net_string_is_rejected(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(R2D2ArchError, match="unsupported R2D2 architecture"):
+        parse_official_net_name(name)
+    path = _official_file(tmp_path / "evil.pt", _net("full", 4), name)
+    with pytest.raises(WeightsError, match="never evaluated"):
+        R2D2Extractor(weights=path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_recorded_arch_must_match_tensors(tmp_path):
+    path = _official_file(tmp_path / "liar.pt", _net("full", 1), "Fast_Quad_L2Net_ConfCFS(mchan=1)")
+    with pytest.raises(WeightsError, match="tensors are those of"):
+        R2D2Extractor(weights=path)
+    ckpt = {"state_dict": _net("slim", 1).state_dict(), "meta": {"arch": "hynet"}}
+    with pytest.raises(R2D2ArchError, match="hynet"):
+        arch_from_checkpoint(ckpt)
+    assert arch_from_checkpoint({"state_dict": _net("slim", 2).state_dict()}) == R2D2Arch("slim", 2)
+
+
+# --------------------------------------------------------------- extractor
+
+
+def test_our_checkpoint_records_variant(ckpt_full, tmp_path):
+    ckpt = torch.load(ckpt_full, weights_only=True)
+    assert ckpt["meta"] == {"arch": "r2d2", "variant": "full", "mchan": 2, "dim": 128}
+    assert R2D2Extractor(weights=ckpt_full).arch == ckpt["meta"]
+    with pytest.raises(WeightsError, match="variant: full"):
+        R2D2Extractor({"variant": "slim"}, weights=ckpt_full)
+    with pytest.raises(ConfigError, match="unknown config key"):
+        R2D2Extractor({"max_kpts": 10}, weights=ckpt_full)
+
+
+def test_extractor_on_real_image(ckpt_full, rgb):
+    height, width = rgb.shape[:2]
+    conf = {"reliability_threshold": 0.0, "repeatability_threshold": 0.0, "min_size": 128}
+    extractor = R2D2Extractor({**conf, "max_keypoints": 0}, weights=ckpt_full)
+    full = extractor(_tensor(rgb))
+    n = len(full["scores"])
+    assert n > 300
+    assert full["keypoints"].shape == (n, 2) and full["descriptors"].shape == (128, n)
+    assert full["scales"].shape == (n,)
+    assert all(v.dtype == torch.float32 for v in full.values())
+    kp = full["keypoints"]
+    assert (kp >= -0.5).all() and (kp[:, 0] <= width - 0.5).all() and (kp[:, 1] <= height - 0.5).all()
+    assert (full["scores"][:-1] >= full["scores"][1:]).all()
+    torch.testing.assert_close(full["descriptors"].norm(dim=0), torch.ones(n))
+
+    levels = [lvl for lvl in pyramid_scales(height, width, min_size=128) if lvl[3]]
+    assert len(levels) == 5 and levels[0][:3] == (1.0, height, width)
+    assert torch.unique(full["scales"]).numel() == 5
+    for s, nh, nw, _ in levels:  # every keypoint is a pixel centre of its level
+        sel = torch.isclose(full["scales"], torch.tensor(32 / s))
+        assert sel.any()
+        pix = (kp[sel] + 0.5) * torch.tensor([nw / width, nh / height]) - 0.5
+        torch.testing.assert_close(pix, pix.round(), atol=2e-3, rtol=0)
+
+    limited = R2D2Extractor({**conf, "max_keypoints": 100}, weights=ckpt_full)(_tensor(rgb))
+    assert limited["keypoints"].shape == (100, 2) and limited["descriptors"].shape == (128, 100)
+    torch.testing.assert_close(limited["scores"], full["scores"][:100])
+    assert limited["scores"].min() >= full["scores"][100]
+    grey = extractor(_tensor(rgb.mean(2, keepdims=True)))
+    assert grey["descriptors"].shape[0] == 128
+
+
+def test_nms_keeps_only_local_maxima(ckpt_full, rgb):
+    conf = {"reliability_threshold": 0.0, "repeatability_threshold": 0.0, "min_size": 256,
+            "max_keypoints": 0}
+    extractor = R2D2Extractor(conf, weights=ckpt_full)
+    out = extractor(_tensor(rgb))
+    with torch.no_grad():
+        maps = extractor.net.detection_maps(imagenet_normalize(_tensor(rgb)))
+    rep = maps["repeatability"][0, 0]
+    pooled = torch.nn.functional.max_pool2d(rep[None, None], 3, 1, 1)[0, 0]
+    expected = int((rep == pooled).sum())
+    assert len(out["scores"]) == expected < rep.numel() // 4
+    x, y = out["keypoints"].round().long().unbind(1)
+    assert torch.equal(rep[y, x], pooled[y, x])
+
+
+def test_no_weights_raises(tmp_path, monkeypatch):
+    monkeypatch.setattr(r2d2_features, "shipped_weights", functools.partial(shipped_weights, root=tmp_path))
+    with pytest.raises(NoWeightsError, match="hndesc-r2d2"):
+        R2D2Extractor()
+    with pytest.raises(NoWeightsError, match="hndesc-r2d2-slim"):
+        R2D2Extractor({"variant": "slim"})
+
+
+def test_flat_and_tiny_images_give_valid_empty_result(tmp_path):
+    net = _net("slim", 1)
+    with torch.no_grad():
+        net.sal.bias.fill_(-30.0)  # repeatability ~ 0 everywhere
+    path = tmp_path / "quiet.pth"
+    save_checkpoint(net, path, meta=net.arch.as_meta())
+    extractor = R2D2Extractor({"min_size": 64}, weights=path)
+    tiny = R2D2Extractor({"min_size": 256}, weights=path)
+    for ext, image in ((extractor, torch.full((1, 3, 80, 96), 0.5)), (tiny, torch.rand(1, 3, 40, 60))):
+        out = ext(image)
+        assert out["keypoints"].shape == (0, 2) and out["scores"].shape == (0,)
+        assert out["descriptors"].shape == (128, 0) and out["scales"].shape == (0,)
+        assert all(v.dtype == torch.float32 for v in out.values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(ckpt_full, rgb):
+    conf = {"reliability_threshold": 0.0, "repeatability_threshold": 0.0, "max_keypoints": 200}
+    extractor = R2D2Extractor(conf, weights=ckpt_full)
+    cpu = extractor(_tensor(rgb))
+    gpu = extractor.cuda()(_tensor(rgb))
+    assert all(v.device.type == "cuda" for v in gpu.values())
+    torch.testing.assert_close(gpu["scores"].cpu()[:50], cpu["scores"][:50], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["full", "slim"])
+def test_detection_maps_match_forward(variant):
+    net = _net(variant, 1)
+    x = torch.randn(2, 3, 34, 42)
+    with torch.no_grad():
+        ref, fast = net(x), net.detection_maps(x)
+    assert set(fast) == {"raw_descriptors", "reliability", "repeatability"}
+    for key in fast:
+        torch.testing.assert_close(fast[key], ref[key], atol=1e-6, rtol=0)
