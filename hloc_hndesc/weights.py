@@ -140,15 +140,21 @@ def load_weights(
     keys. Returns the path that was loaded. Errors name the file and the problem.
     """
     path = Path(weights) if weights is not None else shipped_weights(name, root)
-    state = extract_state_dict(load_checkpoint(path))
-    state = strip_prefix(state, "module.")
+    apply_checkpoint(net, name, load_checkpoint(path), path, convert)
+    return path
+
+
+def apply_checkpoint(
+    net: torch.nn.Module, name: str, ckpt: dict[str, Any], path: Path, convert: Any = None
+) -> None:
+    """Load an already read checkpoint dict into ``net`` strictly (see :func:`load_weights`)."""
+    state = strip_prefix(extract_state_dict(ckpt), "module.")
     if convert is not None:
         state = convert(state)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise WeightsError(f"Checkpoint {path} does not fit {name!r}: {err}") from None
-    return path
 
 
 def save_checkpoint(

@@ -84,18 +84,35 @@ def test_truncated_file_is_skipped_and_named(image_dir, tmp_path, weights):
     assert "truncated JPEG" in report.skipped["cut.jpg"] and len(report.written) == 2
 
 
-def test_grayscale_rgba_and_16bit_inputs(tmp_path, weights, photo_small):
-    root = tmp_path / "odd"
+@pytest.fixture
+def grey_reference(tmp_path, weights, photo_small):
+    """Keypoints of the photo's green channel saved as an 8-bit grey PNG."""
+    write_image(tmp_path / "ref" / "grey.png", (photo_small[..., 1] * 255).astype(np.uint8))
+    extract(small_conf(), tmp_path / "ref", tmp_path / "ref.h5", weights=weights)
+    return _read(tmp_path / "ref.h5", "grey.png")
+
+
+def test_grayscale_input(grey_reference):
+    assert len(grey_reference["keypoints"]) > 0
+    assert grey_reference["descriptors"].shape == (128, len(grey_reference["keypoints"]))
+
+
+def test_rgba_input(tmp_path, weights, photo_small):
     rgb8 = (photo_small * 255).astype(np.uint8)
-    write_image(root / "grey.png", rgb8[..., 1])
-    write_image(root / "rgba.png", np.dstack([rgb8, np.full(rgb8.shape[:2], 200, np.uint8)]))
-    write_image(root / "deep.png", (photo_small[..., 1] * 65535).astype(np.uint16))
-    report = extract(small_conf(), root, tmp_path / "f.h5", weights=weights)
-    assert sorted(report.written) == ["deep.png", "grey.png", "rgba.png"] and not report.skipped
-    grey, deep = _read(tmp_path / "f.h5", "grey.png"), _read(tmp_path / "f.h5", "deep.png")
-    assert len(grey["keypoints"]) > 0
-    # the 16-bit copy of the same green channel gives the same keypoints
-    np.testing.assert_allclose(np.sort(deep["keypoints"], 0), np.sort(grey["keypoints"], 0), atol=0.05)
+    write_image(tmp_path / "a" / "rgba.png", np.dstack([rgb8, np.full(rgb8.shape[:2], 200, np.uint8)]))
+    write_image(tmp_path / "a" / "rgb.png", rgb8)
+    report = extract(small_conf(), tmp_path / "a", tmp_path / "f.h5", weights=weights)
+    assert sorted(report.written) == ["rgb.png", "rgba.png"]
+    rgba, rgb = _read(tmp_path / "f.h5", "rgba.png"), _read(tmp_path / "f.h5", "rgb.png")
+    np.testing.assert_array_equal(rgba["keypoints"], rgb["keypoints"])  # alpha ignored
+
+
+def test_16bit_input(tmp_path, weights, photo_small, grey_reference):
+    write_image(tmp_path / "d" / "deep.png", (photo_small[..., 1] * 65535).astype(np.uint16))
+    extract(small_conf(), tmp_path / "d", tmp_path / "f.h5", weights=weights)
+    deep = _read(tmp_path / "f.h5", "deep.png")
+    # the 16-bit copy of the same channel gives the same keypoints as the 8-bit one
+    np.testing.assert_allclose(np.sort(deep["keypoints"], 0), np.sort(grey_reference["keypoints"], 0), atol=0.05)
 
 
 def test_exif_rotation_applied(tmp_path, weights, photo_small):

@@ -40,9 +40,9 @@ def test_confs_registered_without_collisions():
 
 @pytest.fixture(scope="module")
 def images(sacre_coeur, tmp_path_factory):
-    """Three sacre_coeur photos (hloc's own demo set)."""
+    """The 10 sacre_coeur photos (hloc's own demo set)."""
     root = tmp_path_factory.mktemp("images")
-    for path in sorted(sacre_coeur.glob("*.jpg"))[:3]:
+    for path in sorted(sacre_coeur.glob("*.jpg")):
         shutil.copy(path, root / path.name)
     return root
 
@@ -97,7 +97,7 @@ def test_global_conf_through_hloc_retrieval(images, tmp_path):
     pairs_from_retrieval.main(feats, pairs, num_matched=2)
     lines = pairs.read_text().split("\n")
     lines = [line.split() for line in lines if line]
-    assert len(lines) == 3 * 2 and all(a != b for a, b in lines)
+    assert len(lines) == 10 * 2 and all(a != b for a, b in lines)
 
 
 def test_cli_entry_point_runs_hloc_extract_features(images, tmp_path):
@@ -112,4 +112,4 @@ def test_cli_entry_point_runs_hloc_extract_features(images, tmp_path):
     finally:
         extract_features.confs.pop("how-cli-test")
     with h5py.File(tmp_path / (CONFS["how"]["output"] + ".h5")) as fd:
-        assert len(fd.keys()) == 3
+        assert len(fd.keys()) == 10

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from ..models.r2d2 import R2D2ArchError, R2D2Net, arch_from_checkpoint
-from ..weights import WeightsError, load_checkpoint, load_weights, shipped_weights
+from ..weights import WeightsError, apply_checkpoint, load_checkpoint, shipped_weights
 from .base import Extractor, empty_local_features, imagenet_normalize
 
 SCALE_TOL = 1e-3
@@ -143,8 +143,8 @@ class R2D2Extractor(Extractor):
                 f"{variant!r}; set variant: {arch.variant} or auto"
             )
         self.net = R2D2Net(**asdict(arch))
-        with official_pickle_globals():
-            self.weights_path = load_weights(self.net, name, path)
+        apply_checkpoint(self.net, name, ckpt, path)
+        self.weights_path = path
         self.net.eval()
         if self.conf.channels_last:
             self.net.to(memory_format=torch.channels_last)
