@@ -112,7 +112,9 @@ def main() -> None:
         f"{len(names) - 1} images of `{args.images}` at {w}x{h} px (longer side {args.max_size}), "
         f"median seconds per image after one warm-up image, on {device}. GFLOP counts network "
         "operations only (torch's FlopCounterMode; pycolmap's DoG is not counted). "
-        "Time ratio is against SIFT measured in the same run. No previous version of ours exists yet.\n\n"
+        "Time ratio is against SIFT measured in the same run. No previous version of ours exists yet. "
+        "No trained weights are shipped yet: rows run random weights (so R2D2 slim finds no keypoint "
+        "above its 0.7 thresholds), except R2D2 full when `--r2d2-official` is given.\n\n"
         + table(["extractor", "GFLOP / image", "seconds / image", "keypoints", "time / SIFT"], rows)
     )
     write_section("extraction_speed", "Extraction speed and FLOPs per image", body)

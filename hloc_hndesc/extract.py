@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from . import logger
 from .confs import PREPROCESSING_KEYS, build_extractor, get_conf
+from .features.base import Extractor, empty_local_features
 from .config import ConfigError
 from .h5io import complete_names, discard_incomplete, write_entry
 from .io import ImageReadError, list_images, read_image, resize_max
@@ -49,17 +50,10 @@ def _check_preprocessing(pre: dict[str, Any]) -> None:
         )
 
 
-def _empty_prediction(extractor: torch.nn.Module) -> dict[str, np.ndarray]:
-    dim = int(getattr(extractor, "descriptor_dim", 128))
-    return {
-        "keypoints": np.zeros((0, 2), np.float32),
-        "scores": np.zeros((0,), np.float32),
-        "descriptors": np.zeros((dim, 0), np.float32),
-    }
 
 
 def describe_image(
-    extractor: torch.nn.Module, image: np.ndarray, preprocessing: dict[str, Any], name: str
+    extractor: Extractor, image: np.ndarray, preprocessing: dict[str, Any], name: str
 ) -> dict[str, np.ndarray]:
     """Run ``extractor`` on one decoded image, returning arrays at the original resolution.
 
@@ -69,12 +63,11 @@ def describe_image(
     original = np.array(image.shape[:2][::-1])
     resized = resize_max(image, preprocessing.get("resize_max"), preprocessing.get("resize_force", False))
     h, w = resized.shape[:2]
-    is_global = getattr(extractor, "is_global", False)
     if min(h, w) < MIN_IMAGE_SIDE:
-        if is_global:
+        if extractor.is_global:
             raise ImageReadError(f"{name}: image of {w}x{h} px is smaller than {MIN_IMAGE_SIDE} px")
         logger.warning("%s: %dx%d px is smaller than one patch: writing an empty entry.", name, w, h)
-        pred = _empty_prediction(extractor)
+        pred = {k: v.numpy() for k, v in empty_local_features(extractor.descriptor_dim).items()}
     else:
         if h * w > MAX_INPUT_PIXELS:
             raise ImageReadError(

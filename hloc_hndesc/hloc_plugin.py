@@ -33,7 +33,6 @@ def _model_class(model_name: str, base: type) -> type:
 
     def _init(self: Any, conf: dict[str, Any]) -> None:
         self.extractor = build_extractor(dict(conf, name=model_name))
-        self.is_global = getattr(self.extractor, "is_global", False)
 
     def _forward(self: Any, data: dict[str, Any]) -> dict[str, Any]:
         out = self.extractor(data["image"])

@@ -177,3 +177,18 @@ def test_missing_weights_is_a_clear_cli_error(tmp_path, image_dir, caplog):
     assert cli_main(["extract", "--conf", "hynet", str(image_dir), str(tmp_path / "f.h5"),
                      "--weights", str(tmp_path / "none.pth")]) == 2
     assert not (tmp_path / "f.h5").exists()
+
+
+def test_tiny_image_for_a_global_descriptor_is_skipped(tmp_path):
+    write_image(tmp_path / "tiny" / "t.png", np.full((20, 30, 3), 128, np.uint8))
+    weights = random_checkpoint("how", tmp_path / "how.pth")
+    report = extract("how", tmp_path / "tiny", tmp_path / "g.h5", weights=weights)
+    assert "t.png: image of 30x20 px is smaller than 32 px" in report.skipped["t.png"]
+    assert complete_names(tmp_path / "g.h5") == set()
+
+
+def test_tiny_image_empty_entry_has_the_extractor_dimension(tmp_path):
+    write_image(tmp_path / "tiny" / "t.png", np.full((20, 30, 3), 128, np.uint8))
+    weights = random_checkpoint("hndesc-caps", tmp_path / "caps.pth")
+    extract("hndesc-caps", tmp_path / "tiny", tmp_path / "c.h5", weights=weights)
+    assert _read(tmp_path / "c.h5", "t.png")["descriptors"].shape == (256, 0)

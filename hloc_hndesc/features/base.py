@@ -36,6 +36,13 @@ class Extractor(torch.nn.Module):
     in_channels: ClassVar[int] = 3
     #: registry name used for shipped weights.
     weights_name: ClassVar[str] = ""
+    #: dimension of the descriptors (subclasses set it from their network).
+    descriptor_dim: int = 128
+
+    @property
+    def is_global(self) -> bool:
+        """Whether the output is a ``global_descriptor`` instead of local features."""
+        return False
 
     def __init__(
         self, conf: Mapping[str, Any] | DictConfig | None = None, weights: str | Path | None = None

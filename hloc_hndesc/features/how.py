@@ -63,6 +63,11 @@ class HOWExtractor(Extractor):
         )
         self.weights_path = load_weights(self.net, self.weights_name, weights, convert=official_how_key_map)
         self.net.eval()
+        self.descriptor_dim = int(self.conf.dim)
+
+    @property
+    def is_global(self) -> bool:
+        return self.conf.mode == "global"
 
     def pyramid_scales(self, height: int, width: int) -> list[float]:
         """The conf scales kept for an image of this (already ``max_size``-bounded) size."""

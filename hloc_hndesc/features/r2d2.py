@@ -145,6 +145,7 @@ class R2D2Extractor(Extractor):
         self.net = R2D2Net(**asdict(arch))
         apply_checkpoint(self.net, name, ckpt, path)
         self.weights_path = path
+        self.descriptor_dim = arch.dim
         self.net.eval()
         if self.conf.channels_last:
             self.net.to(memory_format=torch.channels_last)
