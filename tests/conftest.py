@@ -80,3 +80,21 @@ def random_checkpoint(conf_name: str, path: Path, seed: int = 0) -> Path:
         raise KeyError(conf_name)
     save_checkpoint(net, path, meta)
     return path
+
+
+def randomize_batchnorm(net: "torch.nn.Module") -> None:
+    """Non-trivial batch-norm statistics, so eval mode differs from identity scaling."""
+    import torch
+
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+
+
+def photo_tensor(folder: Path, max_side: int, index: int = 0) -> "torch.Tensor":
+    """The ``index``-th photo of ``folder`` as RGB (1, 3, h, w) in [0, 1], longer side ``max_side``."""
+    import torch
+
+    image = load_photo(sorted(folder.glob("*.jpg"))[index], max_side)
+    return torch.from_numpy(image).permute(2, 0, 1)[None].contiguous()

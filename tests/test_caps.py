@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import cv2
 import pytest
+from conftest import photo_tensor, randomize_batchnorm
 import torch
 import torch.nn.functional as F
 
@@ -35,13 +35,8 @@ def torchvision_resnet18_keys() -> list[str]:
 
 
 def load_photo(folder: Path, max_side: int = 192) -> torch.Tensor:
-    """A sacre_coeur photo read with OpenCV, RGB (1, 3, h, w) in [0, 1], longer side ``max_side``."""
-    path = sorted(folder.glob("*.jpg"))[0]
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    scale = max_side / max(bgr.shape[:2])
-    bgr = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
+    """A sacre_coeur photo, RGB (1, 3, h, w) in [0, 1], longer side ``max_side``."""
+    return photo_tensor(folder, max_side, 0)
 
 
 # ---------------------------------------------------------------- ResNet
@@ -148,11 +143,7 @@ def test_sampling_matches_manual_bilinear_batched():
 def caps_net() -> CAPSNet:
     torch.manual_seed(0)
     net = CAPSNet()
-    # non-trivial batch-norm statistics so eval mode differs from identity scaling
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
+    randomize_batchnorm(net)
     return net.eval()
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import pytest
+from conftest import photo_tensor, randomize_batchnorm
 import torch
 import torch.nn.functional as F
 
@@ -29,13 +29,8 @@ OFFICIAL_INDEX = {"conv1": 0, "bn1": 1, "layer1": 4, "layer2": 5, "layer3": 6, "
 
 
 def load_photo(folder: Path, max_side: int) -> torch.Tensor:
-    """A sacre_coeur photo read with OpenCV, RGB (1, 3, h, w) in [0, 1], longer side ``max_side``."""
-    path = sorted(folder.glob("*.jpg"))[1]
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    scale = max_side / max(bgr.shape[:2])
-    bgr = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
+    """A sacre_coeur photo, RGB (1, 3, h, w) in [0, 1], longer side ``max_side``."""
+    return photo_tensor(folder, max_side, 1)
 
 
 def correlated(n: int, dim: int, seed: int = 0) -> torch.Tensor:
@@ -48,10 +43,7 @@ def correlated(n: int, dim: int, seed: int = 0) -> torch.Tensor:
 def how_net() -> HOWNet:
     torch.manual_seed(0)
     net = HOWNet()
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
+    randomize_batchnorm(net)
     net.init_whitening(correlated(3000, 256))
     return net.eval()
 
