@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 DATA_DIR = Path(os.environ.get("HLOC_HNDESC_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -53,8 +54,6 @@ def random_checkpoint(conf_name: str, path: Path, seed: int = 0) -> Path:
 
     Extractors refuse to run without weights; tests pass this file as ``weights``.
     """
-    import torch
-
     from hloc_hndesc.weights import save_checkpoint
 
     torch.manual_seed(seed)
@@ -82,19 +81,15 @@ def random_checkpoint(conf_name: str, path: Path, seed: int = 0) -> Path:
     return path
 
 
-def randomize_batchnorm(net: "torch.nn.Module") -> None:
+def randomize_batchnorm(net: torch.nn.Module) -> None:
     """Non-trivial batch-norm statistics, so eval mode differs from identity scaling."""
-    import torch
-
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
 
 
-def photo_tensor(folder: Path, max_side: int, index: int = 0) -> "torch.Tensor":
+def photo_tensor(folder: Path, max_side: int, index: int = 0) -> torch.Tensor:
     """The ``index``-th photo of ``folder`` as RGB (1, 3, h, w) in [0, 1], longer side ``max_side``."""
-    import torch
-
     image = load_photo(sorted(folder.glob("*.jpg"))[index], max_side)
     return torch.from_numpy(image).permute(2, 0, 1)[None].contiguous()
