@@ -18,6 +18,7 @@ EXTRACTORS: dict[str, str] = {
     "hndesc_r2d2": "hloc_hndesc.features.r2d2:R2D2Extractor",
     "hndesc_caps": "hloc_hndesc.features.caps:CAPSExtractor",
     "hndesc_how": "hloc_hndesc.features.how:HOWExtractor",
+    "hndesc_sift": "hloc_hndesc.features.dog:SIFTExtractor",
 }
 
 CONFS: dict[str, dict[str, Any]] = {
@@ -48,14 +49,25 @@ CONFS: dict[str, dict[str, Any]] = {
     },
 }
 
+#: baselines for the benchmarks: runnable by name here, not added to hloc's confs
+#: (hloc has its own ``sift``; this one is DESIGN.md §7's setting with RootSIFT applied once).
+BASELINE_CONFS: dict[str, dict[str, Any]] = {
+    "sift": {
+        "output": "feats-sift-r1024",
+        "model": {"name": "hndesc_sift"},
+        "preprocessing": {"grayscale": True, "resize_max": 1024},
+    },
+}
+
 PREPROCESSING_KEYS = ("grayscale", "resize_max", "resize_force", "interpolation", "globs")
 
 
 def get_conf(name: str) -> dict[str, Any]:
-    """A deep copy of conf ``name``; unknown names raise ``KeyError`` listing the known ones."""
-    if name not in CONFS:
-        raise KeyError(f"Unknown conf {name!r}; available: {', '.join(sorted(CONFS))}")
-    return copy.deepcopy(CONFS[name])
+    """A deep copy of conf ``name`` (or baseline ``sift``); unknown names raise ``KeyError``."""
+    known = {**CONFS, **BASELINE_CONFS}
+    if name not in known:
+        raise KeyError(f"Unknown conf {name!r}; available: {', '.join(sorted(known))}")
+    return copy.deepcopy(known[name])
 
 
 def extractor_class(model_name: str) -> type:

@@ -25,12 +25,15 @@ import math
 import warnings
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 import pycolmap
 import torch
+from omegaconf import OmegaConf
+
+from .base import Extractor
 
 #: DoG options for ~1000 px photos (first_octave -1 and peak threshold 0.02/3 registered all
 #: sacre_coeur images; upstream hloc's sparser first_octave 0 / 0.01 did not).
@@ -249,3 +252,24 @@ def sift_to_rootsift(descriptors: np.ndarray) -> np.ndarray:
     x = x / (x.sum(axis=-1, keepdims=True) + EPS)
     x = np.sqrt(x)
     return (x / (np.linalg.norm(x, axis=-1, keepdims=True) + EPS)).astype(np.float32)
+
+
+class SIFTExtractor(Extractor):
+    """The SIFT baseline as an extractor: pycolmap DoG + RootSIFT, no network, no weights.
+
+    Settings are DESIGN.md §7's (``first_octave`` -1, peak threshold 0.02/3); ``options``
+    update :data:`DEFAULT_DOG_OPTIONS`, ``max_keypoints`` -1 keeps all.
+    """
+
+    default_conf: ClassVar[dict[str, Any]] = {"max_keypoints": -1, "upright": False, "options": {}}
+    in_channels: ClassVar[int] = 1
+    descriptor_dim = 128
+
+    def __init__(self, conf: Mapping[str, Any] | None = None, weights: str | None = None) -> None:
+        super().__init__(conf)
+        if weights is not None:
+            raise ValueError(f"SIFT has no weights, got {weights!r}")
+        self.options = dog_options(OmegaConf.to_container(self.conf.options))
+
+    def _forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        return extract_sift(image, self.options, int(self.conf.max_keypoints), bool(self.conf.upright))

@@ -1,0 +1,110 @@
+"""The methods a benchmark compares: a conf of ours (with any weights) or the SIFT baseline.
+
+A method is given on the command line as ``CONF`` or ``CONF=WEIGHTS``: ``sift`` (pycolmap
+DoG + RootSIFT, DESIGN.md §7's settings), or one of :data:`hloc_hndesc.confs.CONFS` with
+shipped weights or a checkpoint file, e.g. ``hndesc-r2d2=r2d2_WASF_N16.pt`` to run official
+weights through our extractor (weights are compared, not code). SIFT is matched with the
+ratio test (0.8, mutual), everything else with mutual nearest neighbours, as in §7.
+
+Features go through :func:`hloc_hndesc.extract.extract` into one hloc-layout HDF5 file
+per method and image folder, so benchmarks share and resume them, and hloc can read them.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..confs import get_conf
+from ..extract import extract
+from .matching import match_descriptors
+
+
+@dataclass
+class Method:
+    """A conf (hloc format), its weights, and its matcher."""
+
+    label: str
+    conf: dict[str, Any]
+    weights: Path | None = None
+    matcher: str = "mutual"
+    ratio: float = 0.8
+
+    @property
+    def key(self) -> str:
+        """File-name key: model, resolution, a hash of the conf and one of the weights file."""
+        pre = self.conf["preprocessing"]
+        size = f"r{pre.get('resize_max')}" + ("f" if pre.get("resize_force") else "")
+        conf_hash = hashlib.sha256(json.dumps(self.conf, sort_keys=True, default=str).encode()).hexdigest()[:6]
+        tag = f"-w{file_sha256(self.weights)[:10]}" if self.weights else ""
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.conf['model']['name']}-{size}-c{conf_hash}{tag}")
+
+    def with_resize(self, resize_max: int | None, force: bool = False) -> Method:
+        """A copy at another input size (``resize_max`` of the longer side)."""
+        conf = copy.deepcopy(self.conf)
+        conf["preprocessing"].update(resize_max=resize_max, resize_force=force)
+        return Method(self.label, conf, self.weights, self.matcher, self.ratio)
+
+    def hloc_conf(self) -> dict[str, Any]:
+        """The conf for ``hloc.extract_features.main`` (weights in ``model.weights``)."""
+        conf = copy.deepcopy(self.conf)
+        conf["output"] = f"feats-{self.key}"
+        if self.weights is not None:
+            conf["model"]["weights"] = str(self.weights)
+        return conf
+
+    def extract(self, image_dir: str | Path, names: list[str], out_dir: str | Path) -> Path:
+        """Features of ``names`` (relative to ``image_dir``) in ``out_dir/<key>.h5`` (resumed)."""
+        path = Path(out_dir) / f"{self.key}.h5"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        report = extract(self.conf, image_dir, path, image_list=names, weights=self.weights)
+        if report.skipped:
+            raise RuntimeError(f"{self.label}: could not describe {report.skipped}")
+        return path
+
+    def match(self, feats0: dict[str, np.ndarray], feats1: dict[str, np.ndarray]) -> np.ndarray:
+        """(M, 2) matches between two feature dicts (from :func:`read_features`)."""
+        return match_descriptors(feats0["descriptors"], feats1["descriptors"], self.matcher, self.ratio)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def parse_method(spec: str) -> Method:
+    """``CONF`` or ``CONF=WEIGHTS`` -> :class:`Method` (unknown confs raise ``KeyError``)."""
+    name, _, weights = spec.partition("=")
+    conf = get_conf(name)
+    path = Path(weights) if weights else None
+    if path is not None and not path.is_file():
+        raise FileNotFoundError(f"{spec}: weights file {path} not found")
+    label = name if path is None else f"{name} ({path.stem})"
+    return Method(label, conf, path, "ratio" if name == "sift" else "mutual")
+
+
+def read_features(path: str | Path, name: str) -> dict[str, np.ndarray]:
+    """The arrays stored for image ``name`` in an hloc-layout features file."""
+    with h5py.File(path, "r") as handle:
+        if name not in handle:
+            raise KeyError(f"{path}: no features for {name!r}")
+        return {k: np.asarray(v) for k, v in handle[name].items()}
+
+
+def feature_cache(cache_root: str | Path, image_dir: str | Path) -> Path:
+    """The folder for features of ``image_dir`` under ``cache_root`` (shared by benchmarks)."""
+    image_dir = Path(image_dir).resolve()
+    digest = hashlib.sha1(str(image_dir).encode()).hexdigest()[:8]
+    return Path(cache_root) / f"{image_dir.parent.name}-{image_dir.name}-{digest}"
