@@ -148,3 +148,17 @@ def test_options_validation():
     sparse = detect_dog(textured_image(), {"peak_threshold": 0.03})
     dense = detect_dog(textured_image())
     assert 0 < sparse["keypoints"].shape[0] < dense["keypoints"].shape[0]
+
+
+def test_sift_extractor_is_the_baseline_function(photo_small):
+    from hloc_hndesc.confs import build_extractor, get_conf
+
+    extractor = build_extractor({**get_conf("sift")["model"], "max_keypoints": 300})
+    grey = torch.from_numpy(photo_small).permute(2, 0, 1)[None]
+    out = extractor(grey)
+    direct = extract_sift(extractor.check_image(grey), max_keypoints=300)
+    assert out["keypoints"].shape == (300, 2) and out["descriptors"].shape == (128, 300)
+    assert torch.equal(out["keypoints"], direct["keypoints"])
+    assert torch.equal(out["descriptors"], direct["descriptors"])
+    with pytest.raises(ValueError, match="no weights"):
+        build_extractor(get_conf("sift")["model"], weights="w.pth")
