@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +44,7 @@ def write_section(key: str, title: str, body: str, path: Path = ROOT / "BENCHMAR
     begin, end = f"<!-- begin {key} -->", f"<!-- end {key} -->"
     header = (
         f"## {title}\n\n"
-        f"- command: `{' '.join(['python', '-m', 'benchmarks.' + key, *sys.argv[1:]])}`\n"
+        f"- command: `{shlex.join(['python', '-m', 'benchmarks.' + key, *sys.argv[1:]])}`\n"
         f"- machine: {machine()}\n"
         f"- date: {datetime.date.today().isoformat()}, commit {commit()}\n\n"
     )

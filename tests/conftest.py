@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+
+# `benchmarks/` (scripts at the repository root) is importable by the tests; appended, not
+# prepended, so that `hloc_hndesc` still resolves to the installed package.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.append(str(REPO_ROOT))
 
 DATA_DIR = Path(os.environ.get("HLOC_HNDESC_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

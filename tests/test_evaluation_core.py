@@ -199,3 +199,17 @@ def test_shipped_configs_train_only_on_training_photos(data_dir: Path):
     for name in list_configs():
         dirs = training_dirs_of(load_config(name))
         check_training_dirs([data_dir.parent.parent / d if not Path(d).is_absolute() else d for d in dirs])
+
+
+def test_feature_cache_reextracts_changed_images(data_dir: Path, tmp_path: Path):
+    images = tmp_path / "images"
+    images.mkdir()
+    source = sorted((data_dir / "oxford_affine" / "graf_half").glob("img*.png"))
+    cv2.imwrite(str(images / "a.png"), cv2.imread(str(source[0])))
+    method = parse_method("sift")
+    path = method.extract(images, ["a.png"], tmp_path / "cache")
+    first = read_features(path, "a.png")["keypoints"]
+    assert np.array_equal(read_features(method.extract(images, ["a.png"], tmp_path / "cache"), "a.png")["keypoints"], first)
+    cv2.imwrite(str(images / "a.png"), cv2.imread(str(source[2])))
+    second = read_features(method.extract(images, ["a.png"], tmp_path / "cache"), "a.png")["keypoints"]
+    assert second.shape != first.shape or not np.array_equal(second, first)

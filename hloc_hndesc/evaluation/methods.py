@@ -8,6 +8,8 @@ ratio test (0.8, mutual), everything else with mutual nearest neighbours, as in 
 
 Features go through :func:`hloc_hndesc.extract.extract` into one hloc-layout HDF5 file
 per method and image folder, so benchmarks share and resume them, and hloc can read them.
+A sidecar ``<key>.h5.sources.json`` records the sha256 of each image an entry was computed
+from: an image that changed under the same name is extracted again, never read stale.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ import numpy as np
 
 from ..confs import get_conf
 from ..extract import extract
+from ..h5io import complete_names
 from .matching import match_descriptors
 
 
@@ -65,7 +69,14 @@ class Method:
         """Features of ``names`` (relative to ``image_dir``) in ``out_dir/<key>.h5`` (resumed)."""
         path = Path(out_dir) / f"{self.key}.h5"
         path.parent.mkdir(parents=True, exist_ok=True)
+        digests = {name: file_sha256(Path(image_dir) / name) for name in names}
+        sources = _read_sources(path)
+        stale = [n for n in names if sources.get(n) != digests[n]]
+        _drop_entries(path, stale)
         report = extract(self.conf, image_dir, path, image_list=names, weights=self.weights)
+        done = complete_names(path)
+        sources.update({n: digests[n] for n in names if n in done})
+        _write_sources(path, sources)
         if report.skipped:
             raise RuntimeError(f"{self.label}: could not describe {report.skipped}")
         return path
@@ -73,6 +84,38 @@ class Method:
     def match(self, feats0: dict[str, np.ndarray], feats1: dict[str, np.ndarray]) -> np.ndarray:
         """(M, 2) matches between two feature dicts (from :func:`read_features`)."""
         return match_descriptors(feats0["descriptors"], feats1["descriptors"], self.matcher, self.ratio)
+
+
+def _sources_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sources.json")
+
+
+def _read_sources(path: Path) -> dict[str, str]:
+    """sha256 of the image file each cached entry was computed from (empty if unknown)."""
+    sidecar = _sources_path(path)
+    if not sidecar.is_file() or not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(sidecar.read_text()))
+    except (ValueError, TypeError):
+        return {}
+
+
+def _write_sources(path: Path, sources: dict[str, str]) -> None:
+    sidecar = _sources_path(path)
+    tmp = sidecar.with_name(sidecar.name + ".tmp")
+    tmp.write_text(json.dumps(sources, indent=0, sort_keys=True))
+    os.replace(tmp, sidecar)
+
+
+def _drop_entries(path: Path, names: list[str]) -> None:
+    """Delete cached entries whose image changed (or whose source is unrecorded)."""
+    if not path.is_file() or not names:
+        return
+    with h5py.File(path, "a") as handle:
+        for name in names:
+            if name in handle:
+                del handle[name]
 
 
 def file_sha256(path: str | Path) -> str:
