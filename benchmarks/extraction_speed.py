@@ -57,6 +57,7 @@ HEADER = [
     "peak MiB",
     "GFLOP/s",
     "% of matmul rate",
+    "matmul GFLOP/s",
     "time / SIFT",
 ]
 
@@ -373,7 +374,7 @@ def measure(
 def format_row(
     label: str, size: int, r: dict[str, Any], rate: float, sift_seconds: float, previous: float | None
 ) -> list[str]:
-    """A table row from :func:`measure`'s result; ``rate`` is the matmul GFLOP/s."""
+    """A table row from :func:`measure`'s result; ``rate`` is the matmul GFLOP/s it is set against."""
     gflop, seconds = r["gflop"], r["seconds"]
     achieved = gflop / seconds if gflop is not None else None
     return [
@@ -386,6 +387,7 @@ def format_row(
         f"{r['peak_mib']:.0f}",
         f"{achieved:.1f}" if achieved is not None else "-",
         f"{100 * achieved / rate:.0f}" if achieved is not None else "-",
+        f"{rate:.0f}" if achieved is not None else "-",
         f"{seconds / sift_seconds:.1f}",
     ]
 
@@ -426,7 +428,7 @@ def main() -> None:
         return any(s.rsplit("@", 1)[0] in label and s.rsplit("@", 1)[1] == str(size) for s in args.skip if "@" in s)
 
     images = {(s, g): _load(args.images, names, s, g) for s in args.sizes for g in (True, False)}
-    rows, sift = [], {}
+    rows, sift, capped = [], {}, {}
     for size in args.sizes:
         grey = [x.to(device) for x in images[(size, True)]]
         r = measure(lambda im: extract_sift(im), grey, device, flops=False, memory_device="cpu")
@@ -443,12 +445,16 @@ def main() -> None:
             if conf_name == "hndesc-r2d2" and args.r2d2_official and "full" in label:
                 weights = args.r2d2_official
             extractor = build_extractor(model, weights=str(weights)).eval().to(device)
+            max_size = extractor.conf.get("max_size")
+            if max_size and max_size < max(args.sizes):
+                capped[label] = max_size
             for size in args.sizes:
                 if skipped(label, size):
                     continue
                 inputs = [x.to(device) for x in images[(size, bool(conf["preprocessing"]["grayscale"]))]]
+                row_rate = matmul_rate(args.matmul_size, repeats=3, device=device)
                 r = measure(extractor, inputs, device)
-                rows.append(format_row(label, size, r, rate, sift[size], previous.get((label, size))))
+                rows.append(format_row(label, size, r, row_rate, sift[size], previous.get((label, size))))
                 print(rows[-1], flush=True)
                 del inputs
             del extractor
@@ -462,6 +468,11 @@ def main() -> None:
         if old_meta.get("machine") and old_meta["machine"] != machine():
             where += f", on another machine: {old_meta['machine']}"
         prev_text = f"previous s / image: the same row and size in this section as written at {where}."
+        if "size" not in (parse_table(old) or [{}])[0]:
+            prev_text += (
+                " That version timed the warm-up image again among its images (median of "
+                "warm-up + timed images) and only downscaled photos larger than the size."
+            )
     else:
         prev_text = "No previous version of this section was found."
     if device.type == "cuda":
@@ -469,7 +480,12 @@ def main() -> None:
             "peak MiB: increase of `torch.cuda.max_memory_allocated` over the allocation before the "
             "call (network rows; torch tensors only), RSS increase for SIFT (pycolmap)."
         )
-        gpu_text = "Convolutions may run in TF32 (cuDNN's default), so the % of the float32 matmul rate can pass 100."
+        import pycolmap
+
+        gpu_text = (
+            "Convolutions may run in TF32 (cuDNN's default), so the % of the float32 matmul rate can pass "
+            f"100. pycolmap's SIFT/DoG runs on {'the GPU' if pycolmap.has_cuda else 'the CPU (pycolmap built without CUDA)'}."
+        )
     else:
         memory_text = (
             "peak MiB: peak resident-set increase during the call over the RSS just before it (after "
@@ -478,16 +494,25 @@ def main() -> None:
         )
         gpu_text = "GPU rows were not measured in this run (no CUDA device)."
     skip_text = f" Not run: {', '.join(args.skip)}." if args.skip else ""
+    if capped:
+        skip_text += (
+            " Extractors with a `max_size` conf work on at most that longer side (HOW downscales, R2D2 "
+            "skips larger pyramid levels), so their larger sizes cost no more: "
+            + ", ".join(f"{k} ({v} px)" for k, v in capped.items())
+            + "."
+        )
     body = (
         f"{len(names) - 1} image(s) of `{args.images}` per size after one warm-up image, resized so that "
         f"the longer side is {', '.join(map(str, args.sizes))} px (upscaled with bilinear interpolation "
         f"where the photo is smaller), on {device} with {args.threads} torch threads; median seconds per "
         "image, median keypoints. GFLOP (of the first timed image) counts network operations only "
         "(torch's FlopCounterMode; pycolmap's DoG is not counted); GFLOP/s = GFLOP / median seconds, set "
-        f"against a float32 {args.matmul_size}x{args.matmul_size} matmul measured in the same run "
-        f"({matmul_flops(args.matmul_size) / 1e9:.1f} GFLOP, median of 5) at its start: **{rate:.1f} GFLOP/s**, "
-        f"and at its end: {rate_end:.1f} GFLOP/s (for reference only). 1-minute load average at the start "
-        f"{load_start:.1f}, at the end {load_end:.1f} (on {os.cpu_count()} cores shared with other jobs). "
+        f"against the rate of a float32 {args.matmul_size}x{args.matmul_size} torch.matmul "
+        f"({matmul_flops(args.matmul_size) / 1e9:.1f} GFLOP) measured just before the row (median of 3, "
+        "column matmul GFLOP/s), so that both see about the same machine load. The same matmul at the "
+        f"start of the run: {rate:.1f} GFLOP/s, at its end: {rate_end:.1f} GFLOP/s (median of 5); 1-minute "
+        f"load average at the start {load_start:.1f}, at the end {load_end:.1f} ({os.cpu_count()} cores; "
+        "other jobs may share them, inflating times). "
         f"{memory_text} time / SIFT: against SIFT at the same size in the same run. {prev_text} "
         f"{gpu_text}{skip_text} No trained weights are shipped yet: rows run random weights (so R2D2 slim "
         "finds no keypoint above its 0.7 thresholds), except R2D2 full when `--r2d2-official` is given.\n\n"
