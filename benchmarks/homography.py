@@ -1,7 +1,7 @@
 """Homography benchmark on HPatches-layout or Oxford sequences (D2-Net's protocol).
 
     python -m benchmarks.homography --dataset ../shared/data/oxford_affine/graf \
-        --method sift --method hndesc-r2d2=/tmp/r2d2_WASF_N16.pt
+        --method sift --method hndesc-r2d2=r2d2_WASF_N16.pt
 
 Every method is matched with mutual nearest neighbours; see
 :mod:`hloc_hndesc.evaluation.homography` for the metrics. Writes one table block per

@@ -1,7 +1,7 @@
 """Localisation with real ground truth: hloc's triangulation + localize_sfm on a Strecha scene.
 
 python -m benchmarks.localization --scene ../shared/data/strecha/Herz-Jesu-P25 \
-    --method sift --method hndesc-r2d2=/tmp/r2d2_WASF_N16.pt
+    --method sift --method hndesc-r2d2=r2d2_WASF_N16.pt
 
 Protocol (:mod:`hloc_hndesc.evaluation.localization`):
 
