@@ -161,7 +161,7 @@ def main() -> None:
     parser.add_argument("--no-night", action="store_true", help="plain queries only")
     parser.add_argument("--cache", type=Path, default=Path("outputs/cache"))
     parser.add_argument("--outputs", type=Path, default=Path("outputs/localization"))
-    parser.add_argument("--dry", action="store_true", help="print the section instead of writing BENCHMARKS.md")
+    parser.add_argument("--no-write", action="store_true", help="print the section instead of writing BENCHMARKS.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     methods = [parse_method(m) for m in args.method or ["sift"]]
@@ -204,7 +204,7 @@ def main() -> None:
         ]
         if part
     )
-    if args.dry:
+    if args.no_write:
         print(body)
     else:
         write_section(KEY, "Localisation with real ground truth (Strecha)", body)

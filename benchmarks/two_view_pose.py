@@ -35,7 +35,7 @@ import pycolmap
 
 from benchmarks.report import table, write_section
 from hloc_hndesc.evaluation.datasets import PosePair, read_scannet_pairs, strecha_pose_pairs
-from hloc_hndesc.evaluation.methods import Method, feature_cache, parse_method, read_features
+from hloc_hndesc.evaluation.methods import Method, feature_cache, parse_method, read_all_features
 from hloc_hndesc.evaluation.pose import (
     ESTIMATORS,
     PoseProblem,
@@ -102,7 +102,7 @@ def build_problems(method: Method, dataset: Dataset, cache: Path) -> list[PosePr
         names = sorted({n for p in group.pairs for n in (p.name0, p.name1)})
         out_dir = feature_cache(cache, group.image_dir)
         h5 = retry_locked(lambda: m.extract(group.image_dir, names, out_dir), str(group.image_dir))
-        feats = retry_locked(lambda: {n: read_features(h5, n) for n in names}, str(h5))
+        feats = retry_locked(lambda: read_all_features(h5, names), str(h5))
         resize_max = m.conf["preprocessing"].get("resize_max")
         for f in feats.values():
             (w, h), scale = f["image_size"], input_scale(f["image_size"], resize_max)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import IMAGE_SUFFIXES
+
 #: HPatches sequences D2-Net's protocol leaves out (images above 1600x1200 px).
 HPATCHES_EXCLUDED = (
     "i_contruction",
@@ -25,7 +27,6 @@ HPATCHES_EXCLUDED = (
     "v_astronautis",
     "v_talent",
 )
-IMAGE_SUFFIXES = (".ppm", ".png", ".jpg", ".jpeg", ".pgm", ".tif", ".tiff", ".bmp")
 
 
 class DatasetError(FileNotFoundError):

@@ -37,7 +37,7 @@ import pycolmap
 
 from .datasets import HomographySequence, warp_points
 from .matching import match_descriptors
-from .methods import Method, feature_cache, read_features
+from .methods import Method, feature_cache, read_all_features
 
 #: MMA thresholds in pixels (D2-Net's 1..10).
 MMA_THRESHOLDS: tuple[int, ...] = tuple(range(1, 11))
@@ -194,7 +194,7 @@ def evaluate_method(
     names = sequence_image_names(sequences, root)
     flat = list(dict.fromkeys(n for seq_names in names for n in seq_names))
     path = method.extract(root, flat, feature_cache(cache, root))
-    features = {n: read_features(path, n) for n in flat}
+    features = read_all_features(path, flat)
     return evaluate_sequences(features, sequences, names, matcher)
 
 

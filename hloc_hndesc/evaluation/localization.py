@@ -26,20 +26,22 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 import pycolmap
 
 from .datasets import StrechaCamera
+from .matching import hloc_matcher_conf
+from .pose import pinhole_camera as pinhole_from_K
+from .pose import rotation_error
+from .sfm import project_to_rotation
 
 #: (position metres, rotation degrees) thresholds of the Aachen day-night / hloc benchmarks.
 THRESHOLDS: tuple[tuple[float, float], ...] = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
 #: hloc's ``localize_sfm`` RANSAC threshold (pixels), its default for Aachen.
 RANSAC_THRESHOLD = 12.0
 #: hloc matcher conf for each of our matchers (:attr:`Method.matcher`).
-HLOC_MATCHERS = {"ratio": "NN-ratio", "mutual": "NN-mutual"}
 
 
 # --------------------------------------------------------------------------- split
@@ -77,15 +79,9 @@ def neighbours_on_both_sides(
 
 def pinhole_camera(camera: StrechaCamera, camera_id: int = 1) -> pycolmap.Camera:
     """The ``PINHOLE`` camera of a ground-truth camera (K in the corner convention, as COLMAP's)."""
-    k = camera.K
-    width, height = camera.size
-    return pycolmap.Camera(
-        camera_id=camera_id,
-        model="PINHOLE",
-        width=int(width),
-        height=int(height),
-        params=[k[0, 0], k[1, 1], k[0, 2], k[1, 2]],
-    )
+    result = pinhole_from_K(camera.K, *camera.size)
+    result.camera_id = camera_id
+    return result
 
 
 def rigid_from_camera(camera: StrechaCamera) -> pycolmap.Rigid3d:
@@ -94,8 +90,7 @@ def rigid_from_camera(camera: StrechaCamera) -> pycolmap.Rigid3d:
     The rotation is projected onto SO(3) (text files give it to ~6 digits) and the
     translation is taken from the projected rotation, so the camera centre is kept exactly.
     """
-    u, _, vt = np.linalg.svd(camera.R.T)
-    r = u @ vt
+    r = project_to_rotation(camera.R.T)
     return pycolmap.Rigid3d(pycolmap.Rotation3d(r), -r @ camera.center)
 
 
@@ -240,10 +235,7 @@ def pose_errors(
     r_est, r_gt = np.asarray(r_est, np.float64), np.asarray(r_gt, np.float64)
     center_est = -r_est.T @ np.asarray(t_est, np.float64)
     center_gt = -r_gt.T @ np.asarray(t_gt, np.float64)
-    rel = r_est @ r_gt.T
-    sin2 = np.linalg.norm([rel[2, 1] - rel[1, 2], rel[0, 2] - rel[2, 0], rel[1, 0] - rel[0, 1]])
-    angle = np.degrees(np.arctan2(sin2, np.trace(rel) - 1))
-    return float(np.linalg.norm(center_est - center_gt)), float(angle)
+    return float(np.linalg.norm(center_est - center_gt)), rotation_error(r_est, r_gt)
 
 
 def pose_recall(
@@ -314,15 +306,6 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------- hloc
-
-
-def hloc_matcher_conf(matcher: str) -> dict[str, Any]:
-    """hloc's ``match_features`` conf of our matcher name (``ratio`` -> NN-ratio, ``mutual`` -> NN-mutual)."""
-    from hloc import match_features
-
-    if matcher not in HLOC_MATCHERS:
-        raise ValueError(f"unknown matcher {matcher!r}; known: {', '.join(HLOC_MATCHERS)}")
-    return match_features.confs[HLOC_MATCHERS[matcher]]
 
 
 def match_pairs(

@@ -8,10 +8,14 @@ mutual nearest neighbours.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
 MATCHERS = ("mutual", "ratio")
+#: the hloc ``match_features`` conf equal to each matcher.
+HLOC_MATCHERS = {"ratio": "NN-ratio", "mutual": "NN-mutual"}
 #: rows of the similarity matrix computed at once (bounds memory for 10k x 10k).
 CHUNK = 4096
 
@@ -48,3 +52,12 @@ def match_descriptors(
         dist = (2 - 2 * sim0.clamp(-1, 1)).clamp_min(0)
         keep &= dist[:, 0] <= ratio**2 * dist[:, 1]
     return torch.stack([i0[keep], nn0[keep, 0]], 1).numpy().astype(np.int64)
+
+
+def hloc_matcher_conf(matcher: str) -> dict[str, Any]:
+    """hloc's ``match_features`` conf of our matcher name (``ratio`` -> NN-ratio, ``mutual`` -> NN-mutual)."""
+    from hloc import match_features
+
+    if matcher not in HLOC_MATCHERS:
+        raise ValueError(f"unknown matcher {matcher!r}; known: {', '.join(HLOC_MATCHERS)}")
+    return match_features.confs[HLOC_MATCHERS[matcher]]

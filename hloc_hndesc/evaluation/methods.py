@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,10 +141,18 @@ def parse_method(spec: str) -> Method:
 
 def read_features(path: str | Path, name: str) -> dict[str, np.ndarray]:
     """The arrays stored for image ``name`` in an hloc-layout features file."""
+    return read_all_features(path, [name])[name]
+
+
+def read_all_features(path: str | Path, names: Iterable[str]) -> dict[str, dict[str, np.ndarray]]:
+    """:func:`read_features` of several images, opening the file once."""
+    out = {}
     with h5py.File(path, "r") as handle:
-        if name not in handle:
-            raise KeyError(f"{path}: no features for {name!r}")
-        return {k: np.asarray(v) for k, v in handle[name].items()}
+        for name in names:
+            if name not in handle:
+                raise KeyError(f"{path}: no features for {name!r}")
+            out[name] = {k: np.asarray(v) for k, v in handle[name].items()}
+    return out
 
 
 def feature_cache(cache_root: str | Path, image_dir: str | Path) -> Path:

@@ -24,13 +24,13 @@ import pycolmap
 
 from ..io import list_images
 from .datasets import DatasetError, StrechaCamera
+from .matching import hloc_matcher_conf
 from .methods import Method, feature_cache
 
 #: COLMAP camera model of the single camera of a scene: f, cx, cy and one radial term,
 #: hloc's (and COLMAP's) default; the principal point stays at the image centre.
 DEFAULT_CAMERA_MODEL = "SIMPLE_RADIAL"
 #: hloc's matcher confs for our matcher names.
-HLOC_MATCHERS = {"ratio": "NN-ratio", "mutual": "NN-mutual"}
 
 #: HyNet paper (Tian et al., NeurIPS 2020), Table 2, rows of the two Strecha scenes: method
 #: (mean features per image in thousands, when given) -> registered images, sparse points,
@@ -313,7 +313,7 @@ def run_sfm(
     pairs_from_exhaustive.main(pairs, image_list=names)
     matches = out_dir / "matches.h5"
     match_features.main(
-        match_features.confs[HLOC_MATCHERS[method.matcher]], pairs, features, matches=matches, overwrite=True
+        hloc_matcher_conf(method.matcher), pairs, features, matches=matches, overwrite=True
     )
     if seed is not None:
         pycolmap.set_random_seed(seed)

@@ -17,6 +17,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..io import IMAGE_SUFFIXES
+
 #: data folders the training may read.
 TRAINING_SOURCES = ("train_natural",)
 #: data folders that evaluation uses; training must never read them.
@@ -28,7 +30,6 @@ EVALUATION_SOURCES = (
     "sacre_coeur",
     "lightglue_pairs",
 )
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff")
 
 
 class SplitError(ValueError):

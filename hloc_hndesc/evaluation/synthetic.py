@@ -49,11 +49,12 @@ import cv2
 import numpy as np
 
 from ..io import IMAGE_SUFFIXES, read_image
+from .splits import SplitError
+from .splits import check_not_training as check_paths_not_training
 
 #: folders (relative to the data root) whose photos may be used: not training data.
 SOURCE_FOLDERS: tuple[str, ...] = ("phototourism_sample/images", "lightglue_pairs", "scannet_sample/images")
 #: folder names whose photos are training photos and are refused.
-TRAINING_FOLDERS: tuple[str, ...] = ("train_natural",)
 #: images per sequence (the reference and 5 targets).
 SEQUENCE_LENGTH = 6
 #: viewpoint bands per grade 1..5: |in-plane rotation| (degrees), tilt (degrees), |log2 scale|.
@@ -76,8 +77,8 @@ NIGHT_LEVEL = (0.04, 0.12)
 SRGB_GAMMA = 2.2
 
 
-class TrainingPhotoError(ValueError):
-    """A photo of the training set was given to the evaluation-sequence generator."""
+#: a photo of the training set was given to the evaluation-sequence generator.
+TrainingPhotoError = SplitError
 
 
 @dataclass
@@ -95,13 +96,7 @@ class SyntheticSequence:
 
 def check_not_training(path: str | Path) -> None:
     """Raise :class:`TrainingPhotoError` if ``path`` lies under a training folder."""
-    parts = Path(path).resolve().parts
-    for name in TRAINING_FOLDERS:
-        if name in parts:
-            raise TrainingPhotoError(
-                f"{path}: is a training photo (under {name}/); evaluation sequences must be made "
-                f"from photos that training never sees (e.g. {', '.join(SOURCE_FOLDERS)})"
-            )
+    check_paths_not_training([path], f"evaluation sequences (use e.g. {', '.join(SOURCE_FOLDERS)})")
 
 
 def list_photos(folders: list[str | Path]) -> list[Path]:
