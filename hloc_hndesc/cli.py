@@ -1,4 +1,4 @@
-"""Command line: ``hloc-hndesc {list,extract,hloc}``.
+"""Command line: ``hloc-hndesc {list,extract,hloc,stylize,train}``.
 
 ``hloc-hndesc hloc MODULE ARGS...`` registers this package with hloc and then runs
 ``python -m hloc.MODULE ARGS...`` unchanged, since hloc's own CLI never imports
@@ -93,6 +93,51 @@ def _cmd_hloc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_stylize(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from .io import ImageReadError
+    from .training.stylization.offline import stylize_folder
+    from .weights import WeightsError
+
+    conf = OmegaConf.load(args.config) if args.config else OmegaConf.create()
+    flags = {"variant": args.variant, "smoothing": args.smoothing}
+    conf = OmegaConf.merge(conf, {k: v for k, v in flags.items() if v is not None})
+    if args.references:
+        conf = OmegaConf.merge(conf, {"references": {"image_dirs": [str(p) for p in args.references]}})
+    if args.night_probability is not None:
+        conf = OmegaConf.merge(conf, {"references": {"night_probability": args.night_probability}})
+    try:
+        conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(args.overrides))
+        report = stylize_folder(
+            args.input, args.output, conf, copies=args.copies, workers=args.workers,
+            seed=args.seed, max_size=args.max_size, overwrite=args.overwrite,
+        )
+    except (ConfigError, FileNotFoundError, ImageReadError, WeightsError, ValueError) as err:
+        logger.error("%s", err.args[0] if err.args else err)
+        return 2
+    print(
+        f"{report.output_dir}: {len(report.written)} written, {len(report.existing)} already complete, "
+        f"{len(report.failed)} failed"
+    )
+    for name, reason in sorted(report.failed.items()):
+        print(f"failed: {name}: {reason}")
+    return 1 if report.failed else 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training.tasks import load_train_config, run_task
+    from .weights import WeightsError
+
+    try:
+        metrics = run_task(load_train_config(args.config, args.overrides))
+    except (ConfigError, FileNotFoundError, WeightsError) as err:
+        logger.error("%s", err.args[0] if err.args else err)
+        return 2
+    logger.info("training done: %s", {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``hloc-hndesc``."""
     parser = argparse.ArgumentParser(prog="hloc-hndesc", description=__doc__.splitlines()[0])
@@ -113,6 +158,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("module", help="e.g. extract_features, match_features, pairs_from_retrieval")
     run.add_argument("args", nargs=argparse.REMAINDER)
     run.set_defaults(func=_cmd_hloc)
+
+    sty = sub.add_parser("stylize", help="write photorealistically stylized copies of an image folder")
+    sty.add_argument("input", type=Path, help="folder of content images (searched recursively)")
+    sty.add_argument("output", type=Path, help="folder for the PNG outputs and manifest.jsonl")
+    sty.add_argument("--variant", choices=("pixel", "feature"), help="WCT space (default: pixel)")
+    sty.add_argument("--smoothing", choices=("matting", "guided", "none"), help="default: matting (exact)")
+    sty.add_argument("--references", type=Path, action="append", help="reference photo folder (repeatable; default: INPUT)")
+    sty.add_argument("--night-probability", type=float, help="share of rendered night references")
+    sty.add_argument("--copies", type=int, default=1, help="stylized copies per image")
+    sty.add_argument("--workers", type=int, default=1, help="parallel processes")
+    sty.add_argument("--seed", type=int, default=0)
+    sty.add_argument("--max-size", type=int, help="downscale content images to this longer side first")
+    sty.add_argument("--overwrite", action="store_true", help="redo outputs that are already complete")
+    sty.add_argument("--config", type=Path, help="YAML of stylization settings")
+    sty.add_argument("overrides", nargs="*", help="key=value stylization settings (e.g. guided.radius=8)")
+    sty.set_defaults(func=_cmd_stylize)
+
+    train = sub.add_parser("train", help="train a model from a config in configs/train/ (or a YAML path)")
+    train.add_argument("--config", required=True, help="bundled name (e.g. stylizer_ae) or YAML path")
+    train.add_argument("overrides", nargs="*", help="key=value overrides (e.g. train.steps=100)")
+    train.set_defaults(func=_cmd_train)
     return parser
 
 

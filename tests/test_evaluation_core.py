@@ -195,10 +195,16 @@ def test_split_guards(data_dir: Path):
 
 
 def test_shipped_configs_train_only_on_training_photos(data_dir: Path):
-    """Every shipped training config reads training folders only (none ship before issue 6)."""
+    """Every shipped training config reads existing training folders only (paths relative to the repo root)."""
+    root = Path(__file__).resolve().parents[1]
+    checked = {}
     for name in list_configs():
-        dirs = training_dirs_of(load_config(name))
-        check_training_dirs([data_dir.parent.parent / d if not Path(d).is_absolute() else d for d in dirs])
+        dirs = [root / d if not Path(d).is_absolute() else Path(d) for d in training_dirs_of(load_config(name))]
+        check_training_dirs(dirs)
+        if data_dir.resolve() == (root.parent / "shared" / "data").resolve():
+            assert all(d.is_dir() for d in dirs), f"{name}: missing training folder in {dirs}"
+        checked[name] = dirs
+    assert checked["train/stylizer_ae"]
 
 
 def test_feature_cache_reextracts_changed_images(data_dir: Path, tmp_path: Path):

@@ -1,0 +1,1 @@
+"""Training data: photo pools, synthetic homography pairs, photometric and stylized targets."""
