@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import DATA_DIR
 
 from hloc_hndesc.cli import main as cli_main
 from hloc_hndesc.config import ConfigError
@@ -26,10 +27,10 @@ from hloc_hndesc.training.stylization.transform import Stylizer, stylize_conf, t
 from hloc_hndesc.training.stylization.wct import gaussian_stats, match_regions, wct_transfer
 from hloc_hndesc.training.tasks import load_train_config, run_task
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = DATA_DIR
 CONTENT = DATA / "sacre_coeur" / "mapping" / "02928139_3448003521.jpg"
 REFERENCE = DATA / "phototourism_sample" / "images" / "piazza_san_marco_15148634_5228701572.jpg"
-needs_data = pytest.mark.skipif(not CONTENT.is_file(), reason=f"shared data not found at {DATA}")
+needs_data = pytest.mark.skipif(not CONTENT.is_file(), reason=f"real data not found at {DATA} (set HLOC_HNDESC_DATA)")
 
 
 def photo(path: Path, size: int) -> torch.Tensor:
