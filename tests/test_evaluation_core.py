@@ -28,6 +28,7 @@ from hloc_hndesc.evaluation.splits import (
     check_not_training,
     check_training_dirs,
     find_overlap,
+    is_training_path,
     list_source_images,
     training_dirs_of,
 )
@@ -189,8 +190,11 @@ def test_split_guards(data_dir: Path):
     with pytest.raises(SplitError, match="training photo"):
         check_not_training([data_dir / "train_natural" / "urban100" / "img_001.jpg"])
     check_training_dirs([data_dir / "train_natural" / "urban100"])
-    with pytest.raises(SplitError, match="never from the evaluation"):
+    check_training_dirs([data_dir.parent / "my_own_photos"])  # users train on their own folders
+    with pytest.raises(SplitError, match="never come from the evaluation"):
         check_training_dirs([data_dir / "sacre_coeur"])
+    with pytest.raises(SplitError, match="'strecha'"):
+        check_training_dirs([data_dir / "strecha" / "fountain-P11" / "images"])
     assert training_dirs_of({"data": {"image_dirs": ["a", "b"]}}) == ["a", "b"]
 
 
@@ -201,6 +205,7 @@ def test_shipped_configs_train_only_on_training_photos(data_dir: Path):
     for name in list_configs():
         dirs = [root / d if not Path(d).is_absolute() else Path(d) for d in training_dirs_of(load_config(name))]
         check_training_dirs(dirs)
+        assert all(is_training_path(d) for d in dirs), f"{name}: shipped configs train on {dirs}"
         if data_dir.resolve() == (root.parent / "shared" / "data").resolve():
             assert all(d.is_dir() for d in dirs), f"{name}: missing training folder in {dirs}"
         checked[name] = dirs

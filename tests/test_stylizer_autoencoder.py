@@ -119,7 +119,7 @@ def test_config_typo_and_evaluation_folder(tmp_path: Path, data_dir: Path) -> No
         train_autoencoder({"data": {"image_dir": "x"}})
     out = tmp_path / "out"
     for folder in (data_dir / "sacre_coeur" / "mapping", data_dir / "strecha"):
-        with pytest.raises(SplitError, match="never from the evaluation sets"):
+        with pytest.raises(SplitError, match="never come from the evaluation sets"):
             train_autoencoder({"data": {"image_dirs": [str(folder)]}, "output_dir": str(out), "progress": False})
     assert not out.exists()
 

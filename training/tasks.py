@@ -15,6 +15,7 @@ from hloc_hndesc.configs import config_path
 #: task name -> (module, function taking the merged config and returning metrics).
 TASKS: dict[str, tuple[str, str]] = {
     "stylizer_ae": ("hloc_hndesc.training.stylization.autoencoder", "train_autoencoder"),
+    "hynet": ("hloc_hndesc.training.hynet", "train_hynet"),
 }
 
 

@@ -100,6 +100,8 @@ class ReferencePool:
                 "and night_probability < 1"
             )
         self._cache: OrderedDict[Path, torch.Tensor] = OrderedDict()
+        self._resolved: dict[Path, int] = {}
+        self._resolved_for: list[Path] | None = None
 
     def load(self, path: Path) -> torch.Tensor:
         """A reference photo at ``max_size``, as (1, 3, H, W); read errors name the file."""
@@ -120,12 +122,25 @@ class ReferencePool:
         return Reference(to_tensor(image), f"night:{seed}")
 
     def sample(self, rng: np.random.Generator, aspect: float = 4 / 3, exclude: Path | None = None) -> Reference:
-        """Draw a reference: a night render with ``night_probability``, else a random photo."""
+        """Draw a reference: a night render with ``night_probability``, else a random photo
+        other than ``exclude`` (a night render when ``exclude`` is the only photo)."""
         if not self.paths or rng.uniform() < self.conf["night_probability"]:
             return self.night(int(rng.integers(2**31)), aspect)
-        candidates = [p for p in self.paths if exclude is None or p.resolve() != Path(exclude).resolve()]
-        path = candidates[int(rng.integers(len(candidates)))]
+        skip = self._index_of(exclude)
+        if skip is not None and len(self.paths) == 1:
+            return self.night(int(rng.integers(2**31)), aspect)
+        i = int(rng.integers(len(self.paths) - (skip is not None)))
+        path = self.paths[i + (skip is not None and i >= skip)]
         return Reference(self.load(path), str(path))
+
+    def _index_of(self, path: Path | None) -> int | None:
+        """Position of ``path`` in :attr:`paths` (resolved once per list), None if absent."""
+        if path is None:
+            return None
+        if self._resolved_for is not self.paths:
+            self._resolved = {p.resolve(): i for i, p in enumerate(self.paths)}
+            self._resolved_for = self.paths
+        return self._resolved.get(Path(path).resolve())
 
 
 class Stylizer:

@@ -1,0 +1,99 @@
+"""HyNet training task: patch pairs cut as the extractor cuts them, losses per mining mode, a tiny run."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from hloc_hndesc.features.dog import detect_dog
+from hloc_hndesc.features.hynet import HyNetExtractor, extract_patches
+from hloc_hndesc.io import read_image
+from hloc_hndesc.training.hynet import HyNetTask, grey, hynet_train_conf, train_hynet
+from hloc_hndesc.training.tasks import load_train_config
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, data_dir: Path) -> Path:
+    """Six training photos in two folders, one of them a 'scene' folder (one group)."""
+    root = tmp_path_factory.mktemp("photos") / "train_natural"
+    for sub, count in (("bsd300", 4), ("tum_freiburg", 2)):
+        (root / sub).mkdir(parents=True)
+        for path in sorted((data_dir / "train_natural" / sub).glob("*.jpg"))[:count]:
+            shutil.copy(path, root / sub / path.name)
+    return root
+
+
+def tiny_conf(photos: Path, out: Path, **mining) -> dict:
+    return {
+        "data": {
+            "image_dirs": [str(photos)], "crop": 128, "max_size": 256, "val_fraction": 0.0,
+            "stylize_probability": 0.0, "photometric": {"enabled": False},
+        },
+        "patches": {"per_pair": 16},
+        "mining": {"mode": "in_batch", **mining},
+        "validation": {"pairs": 2, "negatives": 500},
+        "train": {"steps": 2, "batch_size": 3, "log_every": 1, "checkpoint_every": 2, "output_dir": str(out)},
+    }
+
+
+def ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a = a.flatten(1) - a.flatten(1).mean(1, keepdim=True)
+    b = b.flatten(1) - b.flatten(1).mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-8)
+
+
+def test_patch_pairs_are_cut_as_the_extractor_and_correspond(photos: Path, tmp_path: Path):
+    conf = hynet_train_conf(tiny_conf(photos, tmp_path))
+    task = HyNetTask(conf)
+    item = task.dataset[(0, 0)]
+    pair = task.dataset.pairs[(0, 0)]
+    v = item["valid"]
+    n = int(v.sum())
+    assert n >= 8 and item["patches0"].shape == (16, 1, 32, 32)
+    # source patches are exactly the extractor's patches at the same DoG frames
+    g0 = grey(pair["image0"])
+    feats = detect_dog(g0, task.dataset.dog)
+    ref = extract_patches(g0, feats["keypoints"], feats["scales"], feats["oris"])
+    dist = (item["patches0"][v].flatten(1)[:, None] - ref.flatten(1)[None]).abs().amax(-1)
+    assert (dist.min(1).values < 1e-5).all()
+    # target patches show the same content (photometric and stylization are off here)
+    pos = ncc(item["patches0"][v], item["patches1"][v])
+    shuffled = ncc(item["patches0"][v], item["patches1"][v].roll(1, 0))
+    assert pos.median() > 0.9 and (pos > shuffled + 0.05).float().mean() >= 0.8
+
+
+@pytest.mark.parametrize("mode", ["in_pair", "in_batch", "global"])
+def test_loss_per_mining_mode_has_gradients(photos: Path, tmp_path: Path, mode: str):
+    task = HyNetTask(hynet_train_conf(tiny_conf(photos, tmp_path, mode=mode)))
+    if mode == "global":
+        task.on_step_end(0)  # first refresh of the bank
+        assert task.bank is not None and task.bank.last_refresh == 0
+    batch = torch.utils.data.default_collate([task.dataset[(0, i)] for i in range(3)])
+    loss, metrics = task.loss(batch, 0)
+    loss.backward()
+    assert torch.isfinite(loss) and metrics["patches"] == float(batch["valid"].sum())
+    grads = [p.grad for p in task.model.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
+    if mode == "global":
+        assert metrics["extra_negatives_per_anchor"] > 0
+
+
+@pytest.mark.slow
+def test_tiny_training_run_gives_weights_the_extractor_loads(photos: Path, tmp_path: Path, sacre_coeur: Path):
+    out = tmp_path / "run"
+    metrics = train_hynet(tiny_conf(photos, out))
+    assert metrics["completed"] and metrics["step"] == 2
+    assert (out / "model.pt").is_file() and (out / "log.csv").is_file() and (out / "curves.png").is_file()
+    extractor = HyNetExtractor({"max_keypoints": 50}, weights=out / "model.pt")
+    image = torch.from_numpy(read_image(sorted(sacre_coeur.glob("*.jpg"))[0], grayscale=True))[None, None]
+    feats = extractor(image)
+    assert feats["descriptors"].shape[0] == 128 and feats["descriptors"].shape[1] > 0
+
+
+def test_shipped_hynet_config_loads():
+    conf = hynet_train_conf(load_train_config("hynet"))
+    assert conf.task == "hynet" and conf.mining.mode == "in_batch"
+    assert conf.train.batch_size * conf.patches.per_pair == 1024
