@@ -82,8 +82,9 @@ def test_matches_brute_force_with_random_mask(seed: int) -> None:
 
 
 def test_gradient_flows_to_descriptors_and_norms() -> None:
-    raw_a = torch.randn(16, 32, generator=torch.Generator().manual_seed(0), requires_grad=True)
-    raw_p = (raw_a.detach() + 0.5 * torch.randn(16, 32)).requires_grad_(True)
+    gen = torch.Generator().manual_seed(0)
+    raw_a = torch.randn(16, 32, generator=gen).requires_grad_(True)
+    raw_p = (raw_a.detach() + 2.0 * torch.randn(16, 32, generator=gen)).requires_grad_(True)
     loss, stats = hynet_loss(F.normalize(raw_a, dim=1), F.normalize(raw_p, dim=1), raw_a.norm(dim=1), raw_p.norm(dim=1))
     loss.backward()
     assert stats["active_fraction"].item() > 0
