@@ -6,11 +6,12 @@ import datetime
 import os
 import platform
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
+
+from hloc_hndesc.provenance import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,12 +32,7 @@ def machine() -> str:
 
 def commit() -> str:
     """Short commit of the checkout (with '+dirty' if it has uncommitted changes)."""
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return git_commit(short=True, root=ROOT) or "unknown"
 
 
 def write_section(key: str, title: str, body: str, path: Path = ROOT / "BENCHMARKS.md") -> None:

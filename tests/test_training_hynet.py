@@ -87,6 +87,8 @@ def test_tiny_training_run_gives_weights_the_extractor_loads(photos: Path, tmp_p
     metrics = train_hynet(tiny_conf(photos, out))
     assert metrics["completed"] and metrics["step"] == 2
     assert (out / "model.pt").is_file() and (out / "log.csv").is_file() and (out / "curves.png").is_file()
+    meta = torch.load(out / "model.pt", weights_only=True)["meta"]
+    assert meta["model"] == "hynet" and meta["config"]["patches"]["per_pair"] == 16 and meta["train_photos"] == 6
     extractor = HyNetExtractor({"max_keypoints": 50}, weights=out / "model.pt")
     image = torch.from_numpy(read_image(sorted(sacre_coeur.glob("*.jpg"))[0], grayscale=True))[None, None]
     feats = extractor(image)

@@ -199,6 +199,15 @@ class HyNetTask:
             out.append((patches * 255.0).round().clamp(0, 255).to(torch.uint8))
         return out
 
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """What the final ``model.pt`` records besides the weights (for the model card)."""
+        return {
+            "model": "hynet",
+            "config": OmegaConf.to_container(self.conf, resolve=True),
+            "data_dirs": [str(d) for d in self.conf.data.image_dirs],
+            "train_photos": len(self.dataset.pairs.pool),
+        }
+
     def state_dict(self) -> dict[str, Any]:
         """Task state to checkpoint: the global bank."""
         return {"bank": self.bank.state_dict()} if self.bank is not None else {}

@@ -19,8 +19,10 @@ and optionally ``collate(items) -> batch`` (default: torch's ``default_collate``
 task state is restored), ``state_dict()``/``load_state_dict(state)`` for extra state to
 checkpoint (e.g. a mining bank; tensors and plain containers only), ``on_step_end(step)``
 (called on every rank after update ``step`` (1-based count of updates done); e.g. to refresh a
-bank) and ``validate() -> dict`` (rank 0 only, model in eval mode, under ``no_grad``, inside a
-fork of every global RNG so that validating never changes the training stream).
+bank), ``validate() -> dict`` (rank 0 only, model in eval mode, under ``no_grad``, inside a
+fork of every global RNG so that validating never changes the training stream) and
+``checkpoint_meta() -> dict`` (plain data recorded in the final ``model.pt`` beside the trainer
+config and the git commit, e.g. the task's config and training data for the model card).
 
 The run
 -------
@@ -81,6 +83,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from hloc_hndesc import logger
 from hloc_hndesc.config import ConfigError, merge_conf
+from hloc_hndesc.provenance import git_commit
 from hloc_hndesc.weights import save_checkpoint
 
 from .checkpoints import (
@@ -711,7 +714,9 @@ class _Trainer:
             self._report_throughput(throughput)
         if self.main:
             if finished_now:
-                save_checkpoint(self.model, self.out / "model.pt", {"step": step, "trainer": OmegaConf.to_container(conf)})
+                meta = {"step": step, "trainer": OmegaConf.to_container(conf), "git_commit": git_commit()}
+                meta.update(getattr(self.task, "checkpoint_meta", dict)())
+                save_checkpoint(self.model, self.out / "model.pt", meta)
             tmp = self.out / "summary.json.tmp"
             tmp.write_text(json.dumps(summary, indent=2))
             os.replace(tmp, self.out / "summary.json")

@@ -19,7 +19,6 @@ import csv
 import hashlib
 import math
 import statistics
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ from hloc_hndesc import logger
 from hloc_hndesc.config import merge_conf
 from hloc_hndesc.evaluation.splits import check_training_dirs
 from hloc_hndesc.io import list_images, read_image, resize_max
+from hloc_hndesc.provenance import git_commit
 from hloc_hndesc.models.stylizer import STYLIZER_DEFAULTS, StylizerAutoencoder
 from hloc_hndesc.weights import apply_checkpoint, load_checkpoint, save_checkpoint, shipped_weights
 
@@ -267,21 +267,6 @@ def learning_rate(step: int, conf: DictConfig) -> float:
     t = (step - warm) / max(1, steps - warm)
     final = lr * float(conf.lr_final_factor)
     return final + 0.5 * (lr - final) * (1 + math.cos(math.pi * min(1.0, t)))
-
-
-def git_commit() -> str | None:
-    """Commit of the source tree (``+dirty`` when it has local changes), or None."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, check=True, timeout=30
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return sha + ("+dirty" if dirty else "")
 
 
 def train_autoencoder(conf: Mapping[str, Any] | DictConfig | None) -> dict[str, Any]:
