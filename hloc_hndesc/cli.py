@@ -1,4 +1,4 @@
-"""Command line: ``hloc-hndesc {list,extract,hloc,stylize,train}``.
+"""Command line: ``hloc-hndesc {list,extract,hloc,demo,stylize,train}``.
 
 ``hloc-hndesc hloc MODULE ARGS...`` registers this package with hloc and then runs
 ``python -m hloc.MODULE ARGS...`` unchanged, since hloc's own CLI never imports
@@ -93,6 +93,30 @@ def _cmd_hloc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DEMO_SCENE, run_demo
+    from .weights import WeightsError
+
+    try:
+        report = run_demo(args.method, args.scene or DEMO_SCENE, args.output, sfm=not args.no_sfm)
+    except (KeyError, ConfigError, FileNotFoundError, WeightsError) as err:
+        logger.error("%s", err.args[0] if err.args else err)
+        return 2
+    print(f"{report.method}: features {report.features}")
+    for pair in report.pairs:
+        print(
+            f"{pair.name0} - {pair.name1}: {pair.keypoints[0]}/{pair.keypoints[1]} keypoints, "
+            f"{pair.matches} matches, {pair.inliers} inliers (pycolmap F), plot {pair.plot}"
+        )
+    if report.sfm is not None:
+        s = report.sfm
+        print(
+            f"SfM (hloc): {s['registered']}/{s['total']} images registered, {s['points']} points, "
+            f"track length {s['track_length']:.2f}, reprojection error {s['reprojection_error']:.2f} px"
+        )
+    return 0
+
+
 def _cmd_stylize(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
@@ -158,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("module", help="e.g. extract_features, match_features, pairs_from_retrieval")
     run.add_argument("args", nargs=argparse.REMAINDER)
     run.set_defaults(func=_cmd_hloc)
+
+    demo = sub.add_parser("demo", help="extract, match, verify and plot on the bundled photos (+ SfM with hloc)")
+    demo.add_argument("--method", default="hynet", help="a conf (shipped weights), CONF=WEIGHTS, or sift")
+    demo.add_argument("--scene", type=Path, help="folder with an images/ subfolder (default: bundled photos)")
+    demo.add_argument("--output", type=Path, default=Path("outputs/demo"))
+    demo.add_argument("--no-sfm", action="store_true", help="skip the reconstruction even if hloc is installed")
+    demo.set_defaults(func=_cmd_demo)
 
     sty = sub.add_parser("stylize", help="write photorealistically stylized copies of an image folder")
     sty.add_argument("input", type=Path, help="folder of content images (searched recursively)")

@@ -1,0 +1,124 @@
+"""The demo: extract, match, verify geometry with pycolmap, plot matches; SfM through hloc if present.
+
+``hloc-hndesc demo`` runs on the bundled photos (``hloc_hndesc/assets/sacre_coeur``) with a
+conf of this package (``hynet`` by default, the shipped weights) or the SIFT baseline
+(``--method sift``), or any ``CONF=WEIGHTS``. For every image pair: mutual nearest-neighbour
+matches (ratio test for SIFT, as in the benchmarks), a fundamental matrix by pycolmap's
+LO-RANSAC, and a PNG of the inlier matches. With hloc installed the photos are also
+reconstructed (hloc's ``match_features`` + ``reconstruction``, a camera per image size).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from importlib import resources
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pycolmap
+
+from . import logger
+from .evaluation.methods import Method, feature_cache, parse_method, read_all_features
+from .io import list_images, read_image, resize_max
+
+DEMO_SCENE = Path(str(resources.files("hloc_hndesc.assets"))) / "sacre_coeur"
+RANSAC_MAX_ERROR = 2.0
+
+
+@dataclasses.dataclass
+class PairResult:
+    """One verified pair: keypoint counts, matches, fundamental-matrix inliers, plot path."""
+
+    name0: str
+    name1: str
+    keypoints: tuple[int, int]
+    matches: int
+    inliers: int
+    plot: Path | None
+
+
+@dataclasses.dataclass
+class DemoReport:
+    """What the demo did: per-pair results and, with hloc, the reconstruction summary."""
+
+    method: str
+    features: Path
+    pairs: list[PairResult] = dataclasses.field(default_factory=list)
+    sfm: dict[str, float] | None = None  # ReconstructionStats as a dict
+
+
+def verify_pair(kpts0: np.ndarray, kpts1: np.ndarray, max_error: float = RANSAC_MAX_ERROR, seed: int = 0) -> np.ndarray:
+    """Inlier mask (M,) of matched (M, 2) points under a LO-RANSAC fundamental matrix (pycolmap)."""
+    if len(kpts0) < 8:
+        return np.zeros(len(kpts0), bool)
+    options = pycolmap.RANSACOptions(max_error=max_error, random_seed=seed, num_threads=1)
+    result = pycolmap.estimate_fundamental_matrix(
+        np.ascontiguousarray(kpts0, np.float64), np.ascontiguousarray(kpts1, np.float64), options
+    )
+    if result is None:
+        return np.zeros(len(kpts0), bool)
+    return np.asarray(result["inlier_mask"], bool).reshape(-1)
+
+
+def plot_matches(
+    image0: np.ndarray, image1: np.ndarray, kpts0: np.ndarray, kpts1: np.ndarray, inliers: np.ndarray,
+    path: Path, height: int = 480, title: str = "",
+) -> None:
+    """Side-by-side PNG of two RGB float images with inlier matches (green) and outliers (red)."""
+    tiles, scales = [], []
+    for image in (image0, image1):
+        scale = height / image.shape[0]
+        tiles.append(cv2.resize((image * 255).astype(np.uint8), (round(image.shape[1] * scale), height), interpolation=cv2.INTER_AREA))
+        scales.append(scale)
+    canvas = np.ascontiguousarray(np.concatenate(tiles, 1)[..., ::-1])
+    offset = tiles[0].shape[1]
+    for p0, p1, good in sorted(zip(kpts0, kpts1, inliers), key=lambda t: t[2]):
+        a = (int(round(p0[0] * scales[0])), int(round(p0[1] * scales[0])))
+        b = (int(round(p1[0] * scales[1])) + offset, int(round(p1[1] * scales[1])))
+        cv2.line(canvas, a, b, (0, 200, 0) if good else (0, 0, 220), 1, cv2.LINE_AA)
+    cv2.putText(canvas, title, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), canvas)
+
+
+def run_demo(
+    method: str | Method = "hynet",
+    scene_dir: str | Path = DEMO_SCENE,
+    output: str | Path = "outputs/demo",
+    sfm: bool = True,
+) -> DemoReport:
+    """Run the demo on ``scene_dir/images``; results, plots and the model go to ``output``."""
+    method = parse_method(method) if isinstance(method, str) else method
+    scene_dir, output = Path(scene_dir), Path(output)
+    image_dir = scene_dir / "images"
+    names = list_images(image_dir)
+    if len(names) < 2:
+        raise FileNotFoundError(f"demo: {image_dir} needs at least 2 images, found {len(names)}")
+    features = method.extract(image_dir, names, feature_cache(output / "features", image_dir))
+    feats = read_all_features(features, names)
+    report = DemoReport(method.label, features)
+    for name0, name1 in itertools.combinations(names, 2):
+        f0, f1 = feats[name0], feats[name1]
+        matches = method.match(f0, f1)
+        k0, k1 = f0["keypoints"][matches[:, 0]], f1["keypoints"][matches[:, 1]]
+        inliers = verify_pair(k0, k1)
+        plot = output / "matches" / f"{Path(name0).stem}__{Path(name1).stem}.png"
+        title = f"{method.label}: {int(inliers.sum())} inliers / {len(matches)} matches"
+        plot_matches(
+            resize_max(read_image(image_dir / name0), None), resize_max(read_image(image_dir / name1), None),
+            k0, k1, inliers, plot, title=title,
+        )
+        report.pairs.append(PairResult(name0, name1, (len(f0["keypoints"]), len(f1["keypoints"])), len(matches), int(inliers.sum()), plot))
+    if sfm:
+        from .hloc_plugin import hloc_available
+
+        if hloc_available():
+            from .evaluation.sfm import run_sfm
+
+            result = run_sfm(method, scene_dir, output / "sfm", output / "features", camera_mode=pycolmap.CameraMode.AUTO)
+            report.sfm = dataclasses.asdict(result.stats)
+        else:
+            logger.info("hloc is not installed: the demo skips the reconstruction")
+    return report

@@ -1,0 +1,78 @@
+"""The demo on the bundled photos: matches verified by pycolmap, plots, SfM through hloc."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import cv2
+import pytest
+from conftest import random_checkpoint
+
+from hloc_hndesc.cli import main as cli_main
+from hloc_hndesc.demo import DEMO_SCENE, run_demo, verify_pair
+from hloc_hndesc.evaluation.methods import parse_method
+from hloc_hndesc.weights import NoWeightsError, read_registry
+
+HAS_HLOC = importlib.util.find_spec("hloc") is not None
+
+
+def small_scene(tmp_path: Path, count: int = 3) -> Path:
+    scene = tmp_path / "scene"
+    (scene / "images").mkdir(parents=True)
+    for path in sorted((DEMO_SCENE / "images").glob("*.jpg"))[:count]:
+        shutil.copy(path, scene / "images" / path.name)
+    return scene
+
+
+def test_bundled_photos_are_installed():
+    photos = sorted((DEMO_SCENE / "images").glob("*.jpg"))
+    assert len(photos) == 10
+    assert all(max(cv2.imread(str(p)).shape[:2]) == 800 for p in photos)
+
+
+def test_sift_demo_verifies_and_plots_matches(tmp_path: Path, capsys):
+    scene = small_scene(tmp_path)
+    out = tmp_path / "out"
+    assert cli_main(["demo", "--method", "sift", "--scene", str(scene), "--output", str(out), "--no-sfm"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("inliers (pycolmap F)") == 3
+    report = run_demo("sift", scene, out, sfm=False)  # features are reused from the first run
+    best = max(report.pairs, key=lambda p: p.inliers)
+    assert best.inliers >= 30 and best.inliers <= best.matches
+    plot = cv2.imread(str(best.plot))
+    assert plot is not None and plot.shape[0] == 480 and plot.shape[1] > 480
+
+
+def test_verify_pair_rejects_random_matches():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 800, (200, 2))
+    assert verify_pair(a, rng.uniform(0, 800, (200, 2))).mean() < 0.3
+    assert verify_pair(a[:5], a[:5]).sum() == 0  # too few points for a fundamental matrix
+
+
+def test_demo_with_a_checkpoint_and_without_weights(tmp_path: Path, capsys):
+    scene = small_scene(tmp_path, 2)
+    weights = random_checkpoint("hynet", tmp_path / "hynet.pth")
+    method = parse_method(f"hynet={weights}")
+    method.conf["model"]["max_keypoints"] = 300  # random HyNet on the CPU: keep it short
+    report = run_demo(method, scene, tmp_path / "out", sfm=False)
+    assert len(report.pairs) == 1 and report.pairs[0].plot.is_file()
+    if "hynet" in read_registry():
+        pytest.skip("HyNet weights are shipped: the no-weights error cannot happen")
+    with pytest.raises(NoWeightsError):
+        run_demo("hynet", scene, tmp_path / "out2", sfm=False)
+    assert cli_main(["demo", "--scene", str(scene), "--output", str(tmp_path / "out3")]) == 2
+
+
+@pytest.mark.hloc
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_HLOC, reason="hloc is not installed (peer dependency, not on PyPI)")
+def test_sift_demo_reconstructs_the_bundled_photos_through_hloc(tmp_path: Path):
+    report = run_demo("sift", DEMO_SCENE, tmp_path / "out", sfm=True)
+    assert report.sfm is not None
+    assert report.sfm["registered"] == 10 and report.sfm["points"] > 500
+    assert report.sfm["reprojection_error"] < 1.0
