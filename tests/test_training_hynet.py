@@ -34,7 +34,7 @@ def tiny_conf(photos: Path, out: Path, **mining) -> dict:
         },
         "patches": {"per_pair": 16},
         "mining": {"mode": "in_batch", **mining},
-        "validation": {"pairs": 2, "negatives": 500},
+        "validation": {"pairs": 2},
         "train": {"steps": 2, "batch_size": 3, "log_every": 1, "checkpoint_every": 2, "output_dir": str(out)},
     }
 

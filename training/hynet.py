@@ -62,7 +62,7 @@ HYNET_TRAIN_DEFAULTS: dict[str, Any] = {
     "loss": {"margin": 1.2, "alpha": 2.0, "gamma": 0.1},
     "mining": dict(MINING_DEFAULTS),
     "bank_patches_per_image": 256,  # DoG patches per training photo for the global bank
-    "validation": {"pairs": 64, "negatives": 20000},  # held-out pairs; random non-matching pairs
+    "validation": {"pairs": 64},  # held-out synthetic pairs (epoch 0 of the validation slice)
     "train": {**TRAIN_DEFAULTS, "batch_size": 16, "lr": 1e-3, "output_dir": "outputs/train/hynet"},
 }
 
@@ -218,33 +218,33 @@ class HyNetTask:
             self.bank.load_state_dict(state["bank"])
 
     def validate(self) -> dict[str, float]:
-        """FPR at 95 % recall on held-out pairs (photos of the validation slice only; none if it is empty)."""
+        """FPR at 95 % recall on held-out pairs (photos of the validation slice only; none if it is
+        empty). Negatives are the other patches of the same pair (distinct DoG frames of one
+        scene: hard, like HPatches' intra-sequence negatives), not random patches of other photos."""
         if float(self.conf.data.val_fraction) <= 0:
             return {}
         if self._val is None:
             val = HyNetPatchDataset.from_conf(self.conf, "val")
             count = min(int(self.conf.validation.pairs), len(val))
             self._val = [val[(0, i)] for i in range(count)]
-        d0, d1, groups = [], [], []
+        positives, negatives = [], []
         for item in self._val:
             v = item["valid"]
-            if v.any():
-                d0.append(self.model(item["patches0"][v].to(self.device)))
-                d1.append(self.model(item["patches1"][v].to(self.device)))
-                groups.append(torch.full((int(v.sum()),), item["group"]))
-        if not d0:
+            if int(v.sum()) < 2:
+                continue
+            a = self.model(item["patches0"][v].to(self.device))
+            p = self.model(item["patches1"][v].to(self.device))
+            dist = torch.cdist(a, p)
+            off = ~torch.eye(len(a), dtype=torch.bool, device=dist.device)
+            positives.append(dist.diagonal())
+            negatives.append(dist[off])
+        if not positives:
             return {}
-        a, p, g = torch.cat(d0), torch.cat(d1), torch.cat(groups).to(self.device)
-        positive = (a - p).norm(dim=1)
-        gen = torch.Generator().manual_seed(0)
-        i = torch.randint(len(a), (int(self.conf.validation.negatives),), generator=gen).to(self.device)
-        j = torch.randint(len(a), (int(self.conf.validation.negatives),), generator=gen).to(self.device)
-        keep = g[i] != g[j]
-        negative = (a[i[keep]] - p[j[keep]]).norm(dim=1)
+        positive, negative = torch.cat(positives), torch.cat(negatives)
         return {
             "fpr95": float(fpr_at_recall(positive.cpu().numpy(), negative.cpu().numpy(), 0.95)),
             "pos_distance": float(positive.mean()),
-            "patches": float(len(a)),
+            "patches": float(len(positive)),
         }
 
 
