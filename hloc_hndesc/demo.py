@@ -64,9 +64,13 @@ def verify_pair(kpts0: np.ndarray, kpts1: np.ndarray, max_error: float = RANSAC_
 
 def plot_matches(
     image0: np.ndarray, image1: np.ndarray, kpts0: np.ndarray, kpts1: np.ndarray, inliers: np.ndarray,
-    path: Path, height: int = 480, title: str = "",
+    path: Path, height: int = 480, title: str = "", max_lines: int = 200,
 ) -> None:
-    """Side-by-side PNG of two RGB float images with inlier matches (green) and outliers (red)."""
+    """Side-by-side PNG of two RGB float images with inlier matches (green) and outliers (red).
+
+    At most ``max_lines`` matches are drawn (an even subsample) so that the plot stays readable;
+    the title carries the full counts.
+    """
     tiles, scales = [], []
     for image in (image0, image1):
         scale = height / image.shape[0]
@@ -74,7 +78,8 @@ def plot_matches(
         scales.append(scale)
     canvas = np.ascontiguousarray(np.concatenate(tiles, 1)[..., ::-1])
     offset = tiles[0].shape[1]
-    for p0, p1, good in sorted(zip(kpts0, kpts1, inliers), key=lambda t: t[2]):
+    shown = np.linspace(0, len(kpts0) - 1, min(len(kpts0), max_lines)).round().astype(int) if len(kpts0) else []
+    for p0, p1, good in sorted(zip(kpts0[shown], kpts1[shown], inliers[shown]), key=lambda t: t[2]):
         a = (int(round(p0[0] * scales[0])), int(round(p0[1] * scales[0])))
         b = (int(round(p1[0] * scales[1])) + offset, int(round(p1[1] * scales[1])))
         cv2.line(canvas, a, b, (0, 200, 0) if good else (0, 0, 220), 1, cv2.LINE_AA)
