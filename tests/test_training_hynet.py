@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hloc_hndesc.config import ConfigError
 from hloc_hndesc.features.dog import detect_dog
 from hloc_hndesc.features.hynet import HyNetExtractor, extract_patches
 from hloc_hndesc.io import read_image
@@ -26,13 +27,13 @@ def photos(tmp_path_factory, data_dir: Path) -> Path:
     return root
 
 
-def tiny_conf(photos: Path, out: Path, **mining) -> dict:
+def tiny_conf(photos: Path, out: Path, jitter: str = "none", **mining) -> dict:
     return {
         "data": {
             "image_dirs": [str(photos)], "crop": 128, "max_size": 256, "val_fraction": 0.0,
             "stylize_probability": 0.0, "photometric": {"enabled": False},
         },
-        "patches": {"per_pair": 16},
+        "patches": {"per_pair": 16, "jitter": jitter},
         "mining": {"mode": "in_batch", **mining},
         "validation": {"pairs": 2},
         "train": {"steps": 2, "batch_size": 3, "log_every": 1, "checkpoint_every": 2, "output_dir": str(out)},
@@ -63,6 +64,19 @@ def test_patch_pairs_are_cut_as_the_extractor_and_correspond(photos: Path, tmp_p
     pos = ncc(item["patches0"][v], item["patches1"][v])
     shuffled = ncc(item["patches0"][v], item["patches1"][v].roll(1, 0))
     assert pos.median() > 0.9 and (pos > shuffled + 0.05).float().mean() >= 0.8
+
+
+def test_target_frame_jitter_is_deterministic_and_weakens_positives(photos: Path, tmp_path: Path):
+    exact = HyNetTask(hynet_train_conf(tiny_conf(photos, tmp_path))).dataset
+    hard = HyNetTask(hynet_train_conf(tiny_conf(photos, tmp_path, jitter="hard"))).dataset
+    a, b = hard[(0, 1)], hard[(0, 1)]
+    assert torch.equal(a["patches1"], b["patches1"]) and not torch.equal(a["patches1"], hard[(1, 1)]["patches1"])
+    e = exact[(0, 1)]
+    ve, vh = e["valid"], a["valid"]
+    assert torch.equal(e["patches0"][vh], a["patches0"][vh])  # the source side is never jittered
+    assert ncc(a["patches0"][vh], a["patches1"][vh]).median() < ncc(e["patches0"][ve], e["patches1"][ve]).median() - 0.02
+    with pytest.raises(ConfigError, match="jitter"):
+        HyNetTask(hynet_train_conf(tiny_conf(photos, tmp_path, jitter="medium")))
 
 
 @pytest.mark.parametrize("mode", ["in_pair", "in_batch", "global"])

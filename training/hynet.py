@@ -4,7 +4,8 @@ Each item of :class:`HyNetPatchDataset` is one synthetic pair (:class:`PairDatas
 keypoints of the source crop (pycolmap, the extractor's options), overlap-suppressed, frames
 inside the crop (:func:`~hloc_hndesc.evaluation.patches.select_reference_keypoints`); each
 frame is carried into the target by the homography's local affine map (centre warped, shape
-times the Jacobian) and both patches are cut with kornia's ``extract_patches_from_pyramid``,
+times the Jacobian), optionally jittered there as HPatches' easy/hard patches are
+(``patches.jitter``, detector noise; drawn from ``(seed, epoch, index)``), and both patches are cut with kornia's ``extract_patches_from_pyramid``,
 exactly as the HyNet extractor cuts them at test time (32 x 32 grey patches, side
 ``mr_size`` x sigma). Frames that leave the target are dropped; each pair gives at most
 ``patches.per_pair`` positives, padded to that count with a ``valid`` mask so that batches
@@ -25,6 +26,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from kornia.color import rgb_to_grayscale
 from kornia.feature import extract_patches_from_pyramid
@@ -33,10 +35,12 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from hloc_hndesc import logger
-from hloc_hndesc.config import merge_conf
+from hloc_hndesc.config import ConfigError, merge_conf
 from hloc_hndesc.evaluation.patches import (
+    JITTER_LEVELS,
     cut_target_patches,
     fpr_at_recall,
+    sample_jitter,
     select_reference_keypoints,
 )
 from hloc_hndesc.evaluation.splits import check_training_dirs
@@ -57,6 +61,9 @@ HYNET_TRAIN_DEFAULTS: dict[str, Any] = {
         "per_pair": 64,  # positives per synthetic pair (the strongest DoG frames)
         "mr_size": 12.0,  # patch side in DoG sigmas, as the extractor
         "max_overlap": 0.5,  # disk IoU above which the weaker of two frames is dropped
+        # affine jitter of the target frames, as HPatches' easy/hard patches (detector noise):
+        # none | easy | hard (evaluation.patches.JITTER_LEVELS), drawn per item
+        "jitter": "easy",
         "dog": dict(DEFAULT_DOG_OPTIONS),
     },
     "loss": {"margin": 1.2, "alpha": 2.0, "gamma": 0.1},
@@ -84,6 +91,9 @@ class HyNetPatchDataset(Dataset):
         self.pairs = pairs
         self.conf = conf
         self.per_pair = int(conf["per_pair"])
+        self.jitter = str(conf["jitter"])
+        if self.jitter not in JITTER_LEVELS:
+            raise ConfigError(f"hynet patches: jitter={self.jitter!r}, expected one of {sorted(JITTER_LEVELS)}")
         self.dog = OmegaConf.to_container(conf["dog"]) if isinstance(conf["dog"], DictConfig) else dict(conf["dog"])
 
     @classmethod
@@ -101,7 +111,11 @@ class HyNetPatchDataset(Dataset):
             g0, self.per_pair, float(self.conf["mr_size"]), self.dog, float(self.conf["max_overlap"])
         )
         h = item["H_0to1"].numpy()
-        patches1, keep = cut_target_patches(g1, ref["lafs"], h, PATCH_SIZE)
+        epoch, index = (0, key) if not isinstance(key, (tuple, list)) else key
+        rng = np.random.default_rng([self.pairs.seed, int(epoch), int(index), 1])
+        jitter = sample_jitter(ref["lafs"].shape[1], self.jitter, rng)
+        size0 = (g0.shape[-1], g0.shape[-2])
+        patches1, keep = cut_target_patches(g1, ref["lafs"], h, PATCH_SIZE, jitter, size0)
         k, n = self.per_pair, len(keep)
         out0 = torch.zeros(k, 1, PATCH_SIZE, PATCH_SIZE)
         out1 = torch.zeros(k, 1, PATCH_SIZE, PATCH_SIZE)
