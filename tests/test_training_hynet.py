@@ -82,11 +82,10 @@ def test_target_frame_jitter_is_deterministic_and_weakens_positives(photos: Path
 @pytest.mark.parametrize("mode", ["in_pair", "in_batch", "global"])
 def test_loss_per_mining_mode_has_gradients(photos: Path, tmp_path: Path, mode: str):
     task = HyNetTask(hynet_train_conf(tiny_conf(photos, tmp_path, mode=mode)))
-    if mode == "global":
-        task.on_step_end(0)  # first refresh of the bank
-        assert task.bank is not None and task.bank.last_refresh == 0
     batch = torch.utils.data.default_collate([task.dataset[(0, i)] for i in range(3)])
-    loss, metrics = task.loss(batch, 0)
+    loss, metrics = task.loss(batch, 0)  # global: the first loss builds the bank
+    if mode == "global":
+        assert task.bank is not None and task.bank.last_refresh == 0
     loss.backward()
     assert torch.isfinite(loss) and metrics["patches"] == float(batch["valid"].sum())
     grads = [p.grad for p in task.model.parameters() if p.requires_grad]
@@ -96,9 +95,10 @@ def test_loss_per_mining_mode_has_gradients(photos: Path, tmp_path: Path, mode: 
 
 
 @pytest.mark.slow
-def test_tiny_training_run_gives_weights_the_extractor_loads(photos: Path, tmp_path: Path, sacre_coeur: Path):
+@pytest.mark.parametrize("mode", ["in_batch", "global"])
+def test_tiny_training_run_gives_weights_the_extractor_loads(photos: Path, tmp_path: Path, sacre_coeur: Path, mode: str):
     out = tmp_path / "run"
-    metrics = train_hynet(tiny_conf(photos, out))
+    metrics = train_hynet(tiny_conf(photos, out, mode=mode))
     assert metrics["completed"] and metrics["step"] == 2
     assert (out / "model.pt").is_file() and (out / "log.csv").is_file() and (out / "curves.png").is_file()
     meta = torch.load(out / "model.pt", weights_only=True)["meta"]

@@ -153,7 +153,13 @@ class HyNetTask:
         self.device = context.device
 
     def loss(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """HyNet loss of the batch's valid patch pairs with the configured negatives."""
+        """HyNet loss of the batch's valid patch pairs with the configured negatives.
+
+        The global bank is first built here (not in ``setup``) so that a resumed run uses the
+        restored bank instead of rebuilding it.
+        """
+        if self.bank is not None and self.bank.last_refresh is None:
+            self.refresh_bank(step)
         valid = batch["valid"].flatten()
         b, k = batch["valid"].shape
         p0 = batch["patches0"].flatten(0, 1)[valid]
