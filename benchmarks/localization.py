@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import table, write_section
+from benchmarks.report import publish, table
 from hloc_hndesc.evaluation.datasets import read_strecha_scene
 from hloc_hndesc.evaluation.localization import (
     THRESHOLDS,
@@ -204,10 +204,7 @@ def main() -> None:
         ]
         if part
     )
-    if args.no_write:
-        print(body)
-    else:
-        write_section(KEY, "Localisation with real ground truth (Strecha)", body)
+    publish(KEY, "Localisation with real ground truth (Strecha)", body, args.no_write)
 
 
 if __name__ == "__main__":

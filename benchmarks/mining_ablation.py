@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report import table, write_section
-from hloc_hndesc.evaluation.datasets import list_sequences
+from benchmarks.report import publish, table
+from hloc_hndesc.evaluation.datasets import collect_sequences
 from hloc_hndesc.evaluation.patches import (
     build_patch_pairs,
     detect_references,
@@ -68,11 +68,7 @@ def mean_sd(values: list[float], scale: float = 100.0) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    sequences, groups = [], []
-    for root in args.sequences:
-        found = list_sequences(root)
-        sequences += found
-        groups += [root.resolve().name] * len(found)
+    sequences, groups = collect_sequences(args.sequences)
     references = detect_references(sequences, max_keypoints=args.max_keypoints)
     evaluation = {}
     for level in LEVELS:
@@ -121,10 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         table(["mining", "seeds", "held-out FPR@95", "FPR@95 none", "mAP none", "FPR@95 hard", "mAP hard", "s / run"], rows),
     ])
-    if args.no_write:
-        print(body)
-    else:
-        write_section(KEY, TITLE, body)
+    publish(KEY, TITLE, body, args.no_write)
 
 
 if __name__ == "__main__":

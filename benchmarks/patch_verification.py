@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.report import table, write_section
-from hloc_hndesc.evaluation.datasets import list_sequences
+from benchmarks.report import publish, table
+from hloc_hndesc.evaluation.datasets import collect_sequences
 from hloc_hndesc.evaluation.patches import (
     JITTER_LEVELS,
     Describer,
@@ -121,11 +121,7 @@ def results_table(results: dict[str, dict[str, PatchMetrics]], groups: list[str]
 def main(argv: list[str] | None = None) -> None:
     """Run every descriptor on every jitter level and write the section."""
     args = parse_args(argv)
-    sequences, groups = [], []
-    for root in args.sequences:
-        found = list_sequences(root)
-        sequences += found
-        groups += [root.resolve().name] * len(found)
+    sequences, groups = collect_sequences(args.sequences)
     rows = describers(args)
     print(f"{len(sequences)} sequences; rows: {[label for label, _ in rows]}", file=sys.stderr)
     start = time.perf_counter()
@@ -184,11 +180,7 @@ Sequences: {roots} ({len(sequences)} sequences). Device: {args.device}.
 
 {chr(10).join(chr(10) + s for s in sections).strip()}
 """
-    if args.no_write:
-        print(body)
-    else:
-        write_section(KEY, TITLE, body)
-        print(body)
+    publish(KEY, TITLE, body, args.no_write, echo=True)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,15 @@ def write_section(key: str, title: str, body: str, path: Path = ROOT / "BENCHMAR
     path.write_text(text)
 
 
+def publish(key: str, title: str, body: str, dry_run: bool = False, echo: bool = False) -> None:
+    """Write the section ``key`` of BENCHMARKS.md, or only print it (``--no-write``); ``echo``
+    prints it when written too."""
+    if not dry_run:
+        write_section(key, title, body)
+    if dry_run or echo:
+        print(body)
+
+
 def table(header: list[str], rows: list[list[object]]) -> str:
     """A markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from benchmarks.report import ROOT, table, write_section
-from hloc_hndesc.evaluation.stylization import colour_distances, dog_repeatability, edge_ssim
-from hloc_hndesc.io import list_images, read_image, resize_max
+from benchmarks.report import ROOT, publish, table
+from hloc_hndesc.evaluation.stylization import colour_distances, dog_keypoints, edge_ssim, repeatability
+from hloc_hndesc.io import image_to_tensor, list_images, read_image, resize_max, tensor_to_uint8
 from hloc_hndesc.training.stylization.colour import lalphabeta_to_rgb, rgb_to_lalphabeta
 from hloc_hndesc.training.stylization.night import render_night_reference
-from hloc_hndesc.training.stylization.transform import Stylizer, to_tensor, to_uint8
+from hloc_hndesc.training.stylization.transform import Stylizer
 from hloc_hndesc.weights import WeightsError
 
 KEY = "stylization"
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     contents = pick_content(args.content or DEFAULT_CONTENT, args.num_content, rng)
-    images = [to_tensor(resize_max(read_image(p), args.size)) for p in contents]
+    images = [image_to_tensor(resize_max(read_image(p), args.size)) for p in contents]
     methods = dict(METHODS)
     notes = []
     stylizers = {}
@@ -118,12 +118,13 @@ def main(argv: list[str] | None = None) -> None:
         pairs.append((path, content, "photo", contents[j].name, resize_max_tensor(images[j], 256)))
         h, w = content.shape[-2:]
         night = render_night_reference((256, max(16, round(256 * w / h))), np.random.default_rng(args.seed + i))
-        pairs.append((path, content, "night", f"night:{args.seed + i}", to_tensor(night)))
+        pairs.append((path, content, "night", f"night:{args.seed + i}", image_to_tensor(night)))
 
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     grid_rows = []
     for path, content, kind, ref_name, reference in tqdm(pairs, desc="stylization", unit="pair"):
         before = colour_distances(content, reference)
+        content_kpts = dog_keypoints(content)
         outputs = {}
         for name in methods:
             start = time.perf_counter()
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
             seconds = time.perf_counter() - start
             after = colour_distances(out, reference)
             results.setdefault((name, kind), []).append({
-                "rep": dog_repeatability(content, out),
+                "rep": repeatability(content_kpts, dog_keypoints(out)),
                 "ssim": edge_ssim(content, out),
                 "w2_before": before["w2"], "w2_after": after["w2"],
                 "sw1_before": before["sw1"], "sw1_after": after["sw1"],
@@ -167,10 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         f"(columns: content, reference, {', '.join(m for m in GRID_METHODS if m in methods)}).",
         *notes,
     ])
-    if args.no_write:
-        print(body)
-    else:
-        write_section(KEY, TITLE, body)
+    publish(KEY, TITLE, body, args.no_write)
 
 
 def resize_max_tensor(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -188,7 +186,7 @@ def write_grid(rows: list[list[torch.Tensor]], path: Path, height: int = 160) ->
         return
     lines = []
     for row in rows:
-        tiles = [to_uint8(F.interpolate(t, (height, max(1, round(height * t.shape[-1] / t.shape[-2]))), mode="area")) for t in row]
+        tiles = [tensor_to_uint8(F.interpolate(t, (height, max(1, round(height * t.shape[-1] / t.shape[-2]))), mode="area")) for t in row]
         lines.append(np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in tiles], 1))
     width = max(line.shape[1] for line in lines)
     grid = np.concatenate([np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0)), constant_values=255) for line in lines], 0)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report import ROOT, table, write_section
+from benchmarks.report import ROOT, publish, table
 from hloc_hndesc.models.hynet import build_hynet
 from hloc_hndesc.training.hynet import HyNetPatchDataset, hynet_train_conf
 from hloc_hndesc.training.losses import hynet_loss
@@ -113,10 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         table(["device", "patch pairs / update", "s / update", "patch pairs / s", "stylize p",
                "pairs / s / process", "HyNet items / s / process", "patches / item", "loader processes to keep up"], rows),
     ])
-    if args.no_write:
-        print(body)
-    else:
-        write_section(KEY, TITLE, body)
+    publish(KEY, TITLE, body, args.no_write)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 import pycolmap
 
-from benchmarks.report import table, write_section
+from benchmarks.report import publish, table
 from hloc_hndesc.evaluation.datasets import PosePair, read_scannet_pairs, strecha_pose_pairs
 from hloc_hndesc.evaluation.methods import Method, feature_cache, parse_method, read_all_features
 from hloc_hndesc.evaluation.pose import (
@@ -253,10 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.details is not None:
         args.details.parent.mkdir(parents=True, exist_ok=True)
         args.details.write_text(json.dumps(dump, indent=1, default=float))
-    if args.no_write:
-        print(body)
-    else:
-        write_section(KEY, "Two-view pose (Strecha, ScanNet)", body)
+    publish(KEY, "Two-view pose (Strecha, ScanNet)", body, args.no_write)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import pycolmap
 
 from . import logger
 from .evaluation.methods import Method, feature_cache, parse_method, read_all_features
-from .io import list_images, read_image, resize_max
+from .io import list_images, read_image
 
 DEMO_SCENE = Path(str(resources.files("hloc_hndesc.assets"))) / "sacre_coeur"
 RANSAC_MAX_ERROR = 2.0
@@ -103,6 +103,7 @@ def run_demo(
         raise FileNotFoundError(f"demo: {image_dir} needs at least 2 images, found {len(names)}")
     features = method.extract(image_dir, names, feature_cache(output / "features", image_dir))
     feats = read_all_features(features, names)
+    images = {name: read_image(image_dir / name) for name in names}  # decoded once for all plots
     report = DemoReport(method.label, features)
     for name0, name1 in itertools.combinations(names, 2):
         f0, f1 = feats[name0], feats[name1]
@@ -111,10 +112,7 @@ def run_demo(
         inliers = verify_pair(k0, k1)
         plot = output / "matches" / f"{Path(name0).stem}__{Path(name1).stem}.png"
         title = f"{method.label}: {int(inliers.sum())} inliers / {len(matches)} matches"
-        plot_matches(
-            resize_max(read_image(image_dir / name0), None), resize_max(read_image(image_dir / name1), None),
-            k0, k1, inliers, plot, title=title,
-        )
+        plot_matches(images[name0], images[name1], k0, k1, inliers, plot, title=title)
         report.pairs.append(PairResult(name0, name1, (len(f0["keypoints"]), len(f1["keypoints"])), len(matches), int(inliers.sum()), plot))
     if sfm:
         from .hloc_plugin import hloc_available

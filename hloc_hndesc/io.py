@@ -12,6 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 #: largest image, in pixels, that is decoded at all (OpenCV's own default cap is 2^30).
@@ -140,3 +141,20 @@ def list_images(root: str | Path) -> list[str]:
             f"{root}: no images found (looked for {', '.join(IMAGE_SUFFIXES)}, recursively)"
         )
     return names
+
+
+def float_to_uint8(image: np.ndarray) -> np.ndarray:
+    """A float image in [0, 1] -> uint8 (clipped, rounded half up)."""
+    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 or float (H, W, 3) RGB -> float32 (1, 3, H, W) in [0, 1]."""
+    arr = np.asarray(image)
+    scale = 255.0 if arr.dtype == np.uint8 else 1.0
+    return torch.from_numpy(np.ascontiguousarray(arr, np.float32) / scale).permute(2, 0, 1)[None]
+
+
+def tensor_to_uint8(image: torch.Tensor) -> np.ndarray:
+    """(1, 3, H, W) float in [0, 1] -> uint8 (H, W, 3) RGB (rounded half up)."""
+    return (image[0].permute(1, 2, 0).clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()

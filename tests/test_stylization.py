@@ -14,7 +14,7 @@ from conftest import DATA_DIR
 from hloc_hndesc.cli import main as cli_main
 from hloc_hndesc.config import ConfigError
 from hloc_hndesc.evaluation.stylization import colour_distances, dog_repeatability, edge_ssim, repeatability
-from hloc_hndesc.io import read_image, resize_max
+from hloc_hndesc.io import image_to_tensor, read_image, resize_max
 from hloc_hndesc.training.stylization.colour import lalphabeta_to_rgb, rgb_to_lalphabeta
 from hloc_hndesc.training.stylization.offline import png_complete, read_manifest, stylize_folder
 from hloc_hndesc.training.stylization.smoothing import (
@@ -23,7 +23,7 @@ from hloc_hndesc.training.stylization.smoothing import (
     guided_filter,
     matting_smooth,
 )
-from hloc_hndesc.training.stylization.transform import Stylizer, stylize_conf, to_tensor
+from hloc_hndesc.training.stylization.transform import Stylizer, stylize_conf
 from hloc_hndesc.training.stylization.wct import gaussian_stats, match_regions, wct_transfer
 from hloc_hndesc.training.tasks import load_train_config, run_task
 
@@ -34,7 +34,7 @@ needs_data = pytest.mark.skipif(not CONTENT.is_file(), reason=f"real data not fo
 
 
 def photo(path: Path, size: int) -> torch.Tensor:
-    return to_tensor(resize_max(read_image(path), size))
+    return image_to_tensor(resize_max(read_image(path), size))
 
 
 def dense_matting_laplacian(guide: np.ndarray, radius: int, eps: float) -> np.ndarray:

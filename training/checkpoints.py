@@ -86,17 +86,13 @@ def save_training_checkpoint(state: Mapping[str, Any], directory: str | Path, st
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_checkpoint(path: str | Path) -> None:
     """Raise :class:`CheckpointError` unless ``path`` matches the sha256 of its sidecar."""
-    path = Path(path)
+    _verified_bytes(Path(path))
+
+
+def _verified_bytes(path: Path) -> bytes:
+    """The bytes of checkpoint ``path`` (read once) after checking them against its sidecar."""
     if not path.is_file():
         raise CheckpointError(f"training checkpoint not found: {path}")
     sidecar = sidecar_path(path)
@@ -108,20 +104,22 @@ def verify_checkpoint(path: str | Path) -> None:
     fields = sidecar.read_text().split()
     if not fields or not re.fullmatch(r"[0-9a-f]{64}", fields[0]):
         raise CheckpointError(f"sha256 sidecar {sidecar} is malformed")
-    found = _sha256(path)
+    data = path.read_bytes()
+    found = hashlib.sha256(data).hexdigest()
     if found != fields[0]:
         raise CheckpointError(
             f"training checkpoint {path} is truncated or corrupt: sha256 {found} does not match "
             f"the {fields[0]} recorded in {sidecar.name}"
         )
+    return data
 
 
 def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     """Verify and read a trainer checkpoint onto the CPU (``weights_only=True``)."""
     path = Path(path)
-    verify_checkpoint(path)
+    data = _verified_bytes(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(f"cannot read training checkpoint {path}: {err}") from None
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:

@@ -45,6 +45,7 @@ from hloc_hndesc.evaluation.patches import (
 )
 from hloc_hndesc.evaluation.splits import check_training_dirs
 from hloc_hndesc.features.dog import DEFAULT_DOG_OPTIONS
+from hloc_hndesc.io import image_to_tensor
 from hloc_hndesc.models.hynet import PATCH_SIZE, build_hynet
 
 from .data.homography import warp_points
@@ -213,7 +214,7 @@ class HyNetTask:
         n = int(self.conf.bank_patches_per_image)
         out = []
         for i in tqdm(range(len(pool)), desc="bank patches", leave=False):
-            g = grey(torch.from_numpy(pool.load(i)).permute(2, 0, 1).float() / 255.0)
+            g = grey(image_to_tensor(pool.load(i))[0])
             ref = select_reference_keypoints(g, n, float(self.conf.patches.mr_size), self.dataset.dog)
             patches = extract_patches_from_pyramid(g, ref["lafs"], PS=PATCH_SIZE)[0] if len(ref["keypoints"]) else torch.zeros(0, 1, PATCH_SIZE, PATCH_SIZE)
             out.append((patches * 255.0).round().clamp(0, 255).to(torch.uint8))

@@ -9,6 +9,7 @@ before combining them with those K.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,6 +124,17 @@ def list_sequences(root: str | Path, exclude: tuple[str, ...] = HPATCHES_EXCLUDE
     if not folders:
         raise DatasetError(f"{root}: no HPatches/Oxford sequence folder inside")
     return [read_sequence(p) for p in folders]
+
+
+def collect_sequences(roots: Iterable[str | Path]) -> tuple[list[HomographySequence], list[str]]:
+    """:func:`list_sequences` of every root, and per sequence its root's folder name (a reporting group)."""
+    sequences: list[HomographySequence] = []
+    groups: list[str] = []
+    for root in roots:
+        found = list_sequences(root)
+        sequences += found
+        groups += [Path(root).resolve().name] * len(found)
+    return sequences, groups
 
 
 def warp_points(h: np.ndarray, points: np.ndarray) -> np.ndarray:

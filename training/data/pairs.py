@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hloc_hndesc.config import ConfigError, merge_conf
 from hloc_hndesc.evaluation.splits import check_training_dirs
-from hloc_hndesc.io import resize_max
+from hloc_hndesc.io import image_to_tensor, resize_max
 from hloc_hndesc.training.stylization.transform import STYLIZE_DEFAULTS, ReferencePool, Stylizer, stylize_conf
 
 from .homography import (
@@ -91,11 +91,6 @@ def _downscale_to_target(
     return small, region_to_1 @ np.linalg.inv(to_small)
 
 
-def _to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, 3) -> float32 (1, 3, H, W) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div_(255.0)
-
-
 class PairDataset(torch.utils.data.Dataset):
     """Synthetic homography pairs from the photos of one split; see the module docstring.
 
@@ -134,8 +129,7 @@ class PairDataset(torch.utils.data.Dataset):
             if not list(sc.references.image_dirs):
                 refs = OmegaConf.to_container(sc.references)
                 refs["image_dirs"] = list(self.pool.image_dirs)
-                references = ReferencePool(refs, OmegaConf.to_container(sc.night))
-                references.paths = list(self.pool.paths)
+                references = ReferencePool(refs, OmegaConf.to_container(sc.night), paths=self.pool.paths)
             self._stylizer = Stylizer(sc, references)
         return self._stylizer
 
@@ -173,7 +167,7 @@ class PairDataset(torch.utils.data.Dataset):
         region_to_1 = photo_to_1 @ translation(bx0, by0)
         if self.conf.antialias:
             region, region_to_1 = _downscale_to_target(region, region_to_1, pre - (bx0, by0))
-        region = _to_tensor(region)
+        region = image_to_tensor(region)
 
         stylized = bool(rng_style.uniform() < self.stylize_probability)
         if stylized:
@@ -184,7 +178,7 @@ class PairDataset(torch.utils.data.Dataset):
 
         H_t = torch.from_numpy(H)
         return {
-            "image0": _to_tensor(photo[y0 : y0 + S, x0 : x0 + S])[0],
+            "image0": image_to_tensor(photo[y0 : y0 + S, x0 : x0 + S])[0],
             "image1": image1[0].clamp(0.0, 1.0),
             "H_0to1": H_t,
             "valid0": correspondence_mask(torch.from_numpy(np.linalg.inv(H)), (S, S), (S, S))[None],

@@ -37,7 +37,7 @@ from omegaconf import DictConfig
 from hloc_hndesc import logger
 from hloc_hndesc.config import ConfigError, merge_conf
 from hloc_hndesc.evaluation.splits import check_training_dirs
-from hloc_hndesc.io import ImageReadError, list_images, read_image, resize_max
+from hloc_hndesc.io import ImageReadError, float_to_uint8, list_images, read_image, resize_max
 
 POOL_DEFAULTS: dict[str, Any] = {
     "image_dirs": [],  # photo folders (searched recursively); relative to the current directory
@@ -63,10 +63,6 @@ def group_key(name: str, scene_folders: set[str] | frozenset[str]) -> str:
         if part in scene_folders:
             return "/".join(parts[: i + 1])
     return name
-
-
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 class PhotoPool:
@@ -148,7 +144,7 @@ class PhotoPool:
         return len(self.group_keys)
 
     def _read(self, path: Path) -> np.ndarray:
-        return _to_uint8(resize_max(read_image(path), int(self.conf.max_size)))
+        return float_to_uint8(resize_max(read_image(path), int(self.conf.max_size)))
 
     def load(self, index: int) -> np.ndarray:
         """Photo ``index`` as uint8 (H, W, 3) RGB, longer side at most ``max_size``."""

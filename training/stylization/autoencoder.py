@@ -16,7 +16,6 @@ the split does not depend on the order or number of the other photos.
 from __future__ import annotations
 
 import csv
-import hashlib
 import math
 import statistics
 import time
@@ -35,8 +34,9 @@ from tqdm import tqdm
 from hloc_hndesc import logger
 from hloc_hndesc.config import merge_conf
 from hloc_hndesc.evaluation.splits import check_training_dirs
-from hloc_hndesc.io import list_images, read_image, resize_max
+from hloc_hndesc.io import float_to_uint8, image_to_tensor, list_images, read_image, resize_max
 from hloc_hndesc.provenance import git_commit
+from hloc_hndesc.training.data.photos import split_value
 from hloc_hndesc.models.stylizer import STYLIZER_DEFAULTS, StylizerAutoencoder
 from hloc_hndesc.weights import apply_checkpoint, load_checkpoint, save_checkpoint, shipped_weights
 
@@ -95,12 +95,6 @@ AE_TRAIN_DEFAULTS: dict[str, Any] = {
 }
 
 
-def split_value(name: str) -> float:
-    """Deterministic value in [0, 1) from the sha256 of a relative image path."""
-    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()
-    return int(digest[:15], 16) / float(16**15)
-
-
 def split_names(names: Sequence[str], val_fraction: float) -> tuple[list[str], list[str]]:
     """(train, val) names: a photo is held out when ``split_value(name) < val_fraction``.
 
@@ -114,10 +108,6 @@ def split_names(names: Sequence[str], val_fraction: float) -> tuple[list[str], l
         val = [min(names, key=split_value)]
     held = set(val)
     return [n for n in names if n not in held], val
-
-
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def load_photos(conf: DictConfig) -> dict[str, Any]:
@@ -141,7 +131,7 @@ def load_photos(conf: DictConfig) -> dict[str, Any]:
                 h, w = image.shape[:2]
                 if split == "train" and min(h, w) < crop:
                     image = resize_max(image, int(math.ceil(max(h, w) * crop / min(h, w))), force=True)
-                out[split].append(_to_uint8(image))
+                out[split].append(float_to_uint8(image))
                 out[f"{split}_names"].append(f"{folder}::{name}")
     if not out["train"]:
         raise ValueError(f"no training photos left in {dirs} after holding out the validation slice")
@@ -220,10 +210,6 @@ def _mean_scores(scores: list[tuple[float, float]]) -> dict[str, float]:
     return {"psnr": statistics.fmean(s[0] for s in scores), "l1": statistics.fmean(s[1] for s in scores)}
 
 
-def _as_tensor(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
-
-
 @torch.no_grad()
 def evaluate(
     net: StylizerAutoencoder,
@@ -237,7 +223,7 @@ def evaluate(
     gen = torch.Generator().manual_seed(seed)
     scores = []
     for image in images:
-        x = _as_tensor(image)
+        x = image_to_tensor(image)
         if jitter is not None:
             x = colour_jitter(x, jitter, gen)
         scores.append(_psnr_l1(net(x), x))
@@ -249,7 +235,7 @@ def bilinear_baseline(images: Sequence[np.ndarray], factor: int = 4) -> dict[str
     """PSNR and L1 of an antialiased bilinear downsampling by ``factor`` and upsampling back."""
     scores = []
     for image in images:
-        x = _as_tensor(image)
+        x = image_to_tensor(image)
         h, w = x.shape[-2:]
         small = F.interpolate(
             x, size=(max(1, h // factor), max(1, w // factor)), mode="bilinear", antialias=True, align_corners=False

@@ -29,9 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from hloc_hndesc import logger
-from hloc_hndesc.io import list_images, read_image, resize_max
+from hloc_hndesc.io import image_to_tensor, list_images, read_image, resize_max, tensor_to_uint8
 
-from .transform import Stylizer, stylize_conf, to_tensor, to_uint8
+from .transform import Stylizer, stylize_conf
 
 MANIFEST = "manifest.jsonl"
 PNG_END = b"IEND\xaeB`\x82"
@@ -118,10 +118,10 @@ def _run_job(job: Job) -> tuple[Job, dict[str, Any] | None, str | None]:
     path = _WORKER["input_dir"] / job.name
     try:
         start = time.perf_counter()
-        content = to_tensor(resize_max(read_image(path), _WORKER["max_size"]))
+        content = image_to_tensor(resize_max(read_image(path), _WORKER["max_size"]))
         stylizer: Stylizer = _WORKER["stylizer"]
         out, source = stylizer(content, np.random.default_rng(job.seed), exclude=path)
-        write_png(_WORKER["output_dir"] / job.output, to_uint8(out))
+        write_png(_WORKER["output_dir"] / job.output, tensor_to_uint8(out))
         solve = stylizer.last_solve
         meta = {
             "output": job.output,

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from hloc_hndesc.config import ConfigError, merge_conf
-from hloc_hndesc.io import list_images, read_image, resize_max
+from hloc_hndesc.io import image_to_tensor, list_images, read_image, resize_max
 
 from .autoencoder import load_autoencoder
 from .colour import lalphabeta_to_rgb, rgb_to_lalphabeta
@@ -65,18 +65,6 @@ def stylize_conf(conf: Mapping[str, Any] | DictConfig | None = None) -> DictConf
     return merged
 
 
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 or float (H, W, 3) RGB -> float32 (1, 3, H, W) in [0, 1]."""
-    arr = np.asarray(image)
-    scale = 255.0 if arr.dtype == np.uint8 else 1.0
-    return torch.from_numpy(np.ascontiguousarray(arr, np.float32) / scale).permute(2, 0, 1)[None]
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """(1, 3, H, W) in [0, 1] -> uint8 (H, W, 3)."""
-    return (image[0].permute(1, 2, 0).clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
-
-
 @dataclass(frozen=True)
 class Reference:
     """A style reference: the image (1, 3, H, W) and what it is (a path or ``night:<seed>``)."""
@@ -86,29 +74,38 @@ class Reference:
 
 
 class ReferencePool:
-    """Style references: photos of ``image_dirs`` (downscaled, cached) and rendered night scenes."""
+    """Style references: photos of ``image_dirs`` (downscaled, cached) and rendered night scenes.
 
-    def __init__(self, conf: Mapping[str, Any] | DictConfig, night_conf: Mapping[str, Any] | None = None) -> None:
+    ``paths`` gives the photos directly (e.g. a training split already listed) instead of
+    listing ``conf["image_dirs"]``.
+    """
+
+    def __init__(
+        self,
+        conf: Mapping[str, Any] | DictConfig,
+        night_conf: Mapping[str, Any] | None = None,
+        paths: list[Path] | None = None,
+    ) -> None:
         self.conf = conf
         self.night_conf = night_conf
-        self.paths: list[Path] = []
-        for root in conf["image_dirs"]:
-            self.paths += [Path(root) / name for name in list_images(root)]
+        if paths is not None:
+            self.paths = list(paths)
+        else:
+            self.paths = [Path(root) / name for root in conf["image_dirs"] for name in list_images(root)]
         if not self.paths and conf["night_probability"] < 1:
             raise ValueError(
                 "stylization references: no photos (references.image_dirs is empty or has no images) "
                 "and night_probability < 1"
             )
         self._cache: OrderedDict[Path, torch.Tensor] = OrderedDict()
-        self._resolved: dict[Path, int] = {}
-        self._resolved_for: list[Path] | None = None
+        self._index = {p.resolve(): i for i, p in enumerate(self.paths)}
 
     def load(self, path: Path) -> torch.Tensor:
         """A reference photo at ``max_size``, as (1, 3, H, W); read errors name the file."""
         if path in self._cache:
             self._cache.move_to_end(path)
             return self._cache[path]
-        image = to_tensor(resize_max(read_image(path), self.conf["max_size"]))
+        image = image_to_tensor(resize_max(read_image(path), self.conf["max_size"]))
         self._cache[path] = image
         while len(self._cache) > self.conf["cache_size"]:
             self._cache.popitem(last=False)
@@ -119,28 +116,19 @@ class ReferencePool:
         side = int(self.conf["max_size"])
         size = (side, max(16, round(side * aspect))) if aspect <= 1 else (max(16, round(side / aspect)), side)
         image = render_night_reference(size, np.random.default_rng(seed), self.night_conf)
-        return Reference(to_tensor(image), f"night:{seed}")
+        return Reference(image_to_tensor(image), f"night:{seed}")
 
     def sample(self, rng: np.random.Generator, aspect: float = 4 / 3, exclude: Path | None = None) -> Reference:
         """Draw a reference: a night render with ``night_probability``, else a random photo
         other than ``exclude`` (a night render when ``exclude`` is the only photo)."""
         if not self.paths or rng.uniform() < self.conf["night_probability"]:
             return self.night(int(rng.integers(2**31)), aspect)
-        skip = self._index_of(exclude)
+        skip = None if exclude is None else self._index.get(Path(exclude).resolve())
         if skip is not None and len(self.paths) == 1:
             return self.night(int(rng.integers(2**31)), aspect)
         i = int(rng.integers(len(self.paths) - (skip is not None)))
         path = self.paths[i + (skip is not None and i >= skip)]
         return Reference(self.load(path), str(path))
-
-    def _index_of(self, path: Path | None) -> int | None:
-        """Position of ``path`` in :attr:`paths` (resolved once per list), None if absent."""
-        if path is None:
-            return None
-        if self._resolved_for is not self.paths:
-            self._resolved = {p.resolve(): i for i, p in enumerate(self.paths)}
-            self._resolved_for = self.paths
-        return self._resolved.get(Path(path).resolve())
 
 
 class Stylizer:
