@@ -50,12 +50,19 @@ CONFS: dict[str, dict[str, Any]] = {
 }
 
 #: baselines for the benchmarks: runnable by name here, not added to hloc's confs
-#: (hloc has its own ``sift``; this one is DESIGN.md §7's setting with RootSIFT applied once).
+#: (hloc has its own ``sift``; ours is DESIGN.md §7's setting with RootSIFT applied once).
 BASELINE_CONFS: dict[str, dict[str, Any]] = {
     "sift": {
         "output": "feats-sift-r1024",
         "model": {"name": "hndesc_sift"},
         "preprocessing": {"grayscale": True, "resize_max": 1024},
+    },
+    # RootSIFT on exactly the DoG keypoints of ``hynet`` (same size, options and cap), so that
+    # DoG+HyNet against it compares descriptors only.
+    "sift-hynet-kpts": {
+        "output": "feats-sift-n8000-r1600",
+        "model": {"name": "hndesc_sift", "max_keypoints": 8000},
+        "preprocessing": {"grayscale": True, "resize_max": 1600},
     },
 }
 
@@ -63,7 +70,7 @@ PREPROCESSING_KEYS = ("grayscale", "resize_max", "resize_force", "interpolation"
 
 
 def get_conf(name: str) -> dict[str, Any]:
-    """A deep copy of conf ``name`` (or baseline ``sift``); unknown names raise ``KeyError``."""
+    """A deep copy of conf ``name`` (or a baseline of :data:`BASELINE_CONFS`); unknown names raise ``KeyError``."""
     known = {**CONFS, **BASELINE_CONFS}
     if name not in known:
         raise KeyError(f"Unknown conf {name!r}; available: {', '.join(sorted(known))}")

@@ -15,7 +15,7 @@ from hloc_hndesc.config import ConfigError
 from hloc_hndesc.features.dog import detect_dog
 from hloc_hndesc.features.hynet import HyNetExtractor, extract_patches
 from hloc_hndesc.models.hynet import HyNet, build_hynet
-from hloc_hndesc.weights import NoWeightsError, WeightsError, save_checkpoint
+from hloc_hndesc.weights import NoWeightsError, WeightsError, read_registry, save_checkpoint, shipped_weights
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +95,18 @@ def test_model_gradient_flow():
 # ---------------------------------------------------------------- extractor
 
 
-def test_no_weights_refused():
-    with pytest.raises(NoWeightsError, match="hynet"):
-        HyNetExtractor()
+def test_default_weights_are_the_shipped_checkpoint():
+    entry = read_registry().get("hynet")
+    if entry is None:
+        with pytest.raises(NoWeightsError, match="hynet"):
+            HyNetExtractor()
+        return
+    extractor = HyNetExtractor({"max_keypoints": 10})
+    assert extractor.weights_path == shipped_weights("hynet") == entry.path
+    saved = torch.load(entry.path, weights_only=True)["state_dict"]
+    for key, value in extractor.net.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    assert entry.card_path.is_file() and "train_natural" in entry.card_path.read_text()
 
 
 def test_checkpoint_loads(checkpoint):

@@ -19,6 +19,17 @@ invariant to that) and keeps logged values comparable across batch sizes.
 Which ``j`` may serve as a negative for anchor ``i`` is given by a boolean mask (see
 :func:`negative_mask_from_groups` and :mod:`hloc_hndesc.training.mining`); explicit negatives
 (e.g. mined from other images through a global index) can be added per anchor.
+
+The dense R2D2-family losses (R2D2, Revaud et al., NeurIPS 2019; HNDesc's descriptor loss):
+
+* :func:`quantized_ap` / :func:`ap_loss`: differentiable average precision of each anchor's
+  ranked candidates, every similarity spread over ``bins`` evenly spaced bins by triangular
+  (linear) soft assignment; :func:`ap_candidates` lays out the candidates of N anchors from
+  the same negative sets as :func:`hynet_loss` (``**NegativeSet.loss_kwargs()``);
+* :func:`reliability_loss`: ``1 - [AP * R + kappa * (1 - R)]`` per anchor;
+* :func:`cosim_loss`, :func:`peakiness_loss`, :func:`repeatability_losses`: the repeatability
+  terms on dense heatmaps (cosine similarity of N x N patches after warping; local max minus
+  local mean).
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 EPS_SQRT = 1e-6
 FALSE_NEGATIVE_THRESHOLD = 8e-3
@@ -238,3 +250,246 @@ def negative_mask_from_groups(
     mask = other_group | in_image
     mask.fill_diagonal_(False)
     return mask
+
+
+# --------------------------------------------------------------------------------------------
+# Quantised average precision (descriptor loss) and R2D2's reliability loss
+# --------------------------------------------------------------------------------------------
+
+
+def _check_ap_inputs(
+    similarity: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor | None, bins: int, low: float, high: float
+) -> torch.Tensor:
+    if similarity.ndim != 2:
+        raise ValueError(f"similarity must be (N, M), got {tuple(similarity.shape)}")
+    if positive.dtype != torch.bool or positive.shape != similarity.shape:
+        raise ValueError(
+            f"positive must be a bool tensor of shape {tuple(similarity.shape)}, got {positive.dtype} "
+            f"{tuple(positive.shape)}"
+        )
+    if valid is None:
+        valid = torch.ones_like(positive)
+    elif valid.dtype != torch.bool or valid.shape != similarity.shape:
+        raise ValueError(
+            f"valid must be a bool tensor of shape {tuple(similarity.shape)}, got {valid.dtype} {tuple(valid.shape)}"
+        )
+    if int(bins) < 2:
+        raise ValueError(f"bins must be >= 2, got {bins}")
+    if not high > low:
+        raise ValueError(f"the similarity range must have high > low, got [{low}, {high}]")
+    return valid
+
+
+def soft_histogram_weights(
+    similarity: torch.Tensor, bins: int = 20, low: float = -1.0, high: float = 1.0
+) -> torch.Tensor:
+    """(..., M) similarities -> (..., bins, M) triangular bin weights, bin 0 at ``high``.
+
+    Bin centres are ``high - k * (high - low) / (bins - 1)``; a similarity between two centres
+    is shared linearly between them (the weights of an in-range value sum to 1, a value on a
+    centre falls in that bin only). Values outside ``[low, high]`` count fully in the end bin
+    and carry no gradient (as R2D2's quantiser).
+    """
+    step = (high - low) / (bins - 1)
+    centres = high - step * torch.arange(bins, device=similarity.device, dtype=similarity.dtype)
+    clamped = similarity.clamp(low, high).unsqueeze(-2)
+    return (1.0 - (clamped - centres[:, None]).abs() / step).clamp(min=0.0)
+
+
+def quantized_ap(
+    similarity: torch.Tensor,
+    positive: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    bins: int = 20,
+    low: float = -1.0,
+    high: float = 1.0,
+) -> torch.Tensor:
+    """Differentiable average precision of each row of ``similarity`` (N, M) -> (N,).
+
+    ``positive`` (N, M) bool marks the positives of each anchor, ``valid`` (N, M) bool the
+    entries that take part at all (None: all). The candidates are ranked by similarity through
+    a soft histogram (:func:`soft_histogram_weights`); scanning the bins from the most similar,
+    precision at bin ``k`` is (positives so far) / (candidates so far) and AP the sum of the
+    precisions weighted by the share of the positives in each bin. When every candidate sits
+    on a bin centre and no bin mixes positives and negatives this is the exact AP; with many
+    bins it tends to the exact AP. Rows without a valid positive get AP 0 (see
+    :func:`ap_loss`). Computed in at least float32; memory N x bins x M.
+    """
+    valid = _check_ap_inputs(similarity, positive, valid, bins, low, high)
+    dtype = torch.promote_types(similarity.dtype, torch.float32)
+    weights = soft_histogram_weights(similarity.to(dtype), int(bins), float(low), float(high))
+    weights = weights * valid.unsqueeze(1).to(dtype)
+    per_bin_all = weights.sum(dim=-1)  # (N, bins)
+    per_bin_pos = (weights * positive.unsqueeze(1).to(dtype)).sum(dim=-1)
+    precision = per_bin_pos.cumsum(dim=-1) / per_bin_all.cumsum(dim=-1).clamp(min=1e-12)
+    n_pos = (positive & valid).sum(dim=1, keepdim=True).to(dtype)
+    recall_share = per_bin_pos / n_pos.clamp(min=1.0)
+    return (precision * recall_share).sum(dim=-1)
+
+
+def ap_loss(
+    similarity: torch.Tensor,
+    positive: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    bins: int = 20,
+    low: float = -1.0,
+    high: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """AP loss of N anchors: ``(mean of 1 - AP over the anchors with a positive, AP (N,))``.
+
+    Arguments as :func:`quantized_ap` (build them with :func:`ap_candidates`); the per-anchor
+    AP is returned so that callers can weight it (e.g. :func:`reliability_loss`). The loss is
+    0 (still attached to the graph) when no anchor has a positive.
+    """
+    ap = quantized_ap(similarity, positive, valid, bins, low, high)
+    has_positive = (positive & (valid if valid is not None else torch.ones_like(positive))).any(dim=1)
+    loss = ((1.0 - ap) * has_positive.to(ap.dtype)).sum() / has_positive.sum().clamp(min=1)
+    return loss, ap
+
+
+def ap_candidates(
+    desc_a: torch.Tensor,
+    desc_p: torch.Tensor,
+    neg_mask: torch.Tensor | None = None,
+    extra_negatives: torch.Tensor | None = None,
+    extra_valid: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(similarity, positive, valid)`` of N anchors for :func:`quantized_ap` / :func:`ap_loss`.
+
+    Anchor ``a_i`` is ranked against its positive ``p_i`` (column 0), the target descriptors
+    ``p_j`` with ``neg_mask[i, j]`` (None: every ``j != i``) and the explicit negatives
+    ``extra_negatives[i, k]`` (N, K, D) where ``extra_valid[i, k]``: exactly the negative sets
+    of :func:`hynet_loss`, so ``ap_candidates(a, p, **negatives.loss_kwargs())`` works for every
+    mining mode. The masked batch candidates are packed into the fewest columns (the largest
+    number of negatives of any anchor), so memory is N x (1 + max negatives + K), not N x N.
+    Similarities keep their gradient (explicit negatives are constants).
+    """
+    n, dim = _check_pair(desc_a, desc_p)
+    _check_extra(extra_negatives, extra_valid, n, dim)
+    device = desc_a.device
+    if neg_mask is None:
+        allowed = ~torch.eye(n, dtype=torch.bool, device=device)
+    else:
+        if neg_mask.dtype != torch.bool or neg_mask.shape != (n, n):
+            raise ValueError(
+                f"neg_mask must be a bool tensor of shape ({n}, {n}), got {neg_mask.dtype} {tuple(neg_mask.shape)}"
+            )
+        allowed = neg_mask.to(device)
+    positive_sim = (desc_a * desc_p).sum(dim=1, keepdim=True)
+    columns = [positive_sim]
+    valid_columns = [torch.ones(n, 1, dtype=torch.bool, device=device)]
+    width = int(allowed.sum(dim=1).max()) if n else 0
+    if width > 0:
+        scores = desc_a @ desc_p.t()
+        with torch.no_grad():
+            keyed = torch.where(allowed, scores.detach(), torch.full_like(scores, float("-inf")))
+            index = keyed.topk(width, dim=1).indices
+        columns.append(torch.gather(scores, 1, index))
+        valid_columns.append(torch.gather(allowed, 1, index))
+    if extra_negatives is not None:
+        extra = extra_negatives.to(desc_a.dtype).detach()
+        columns.append(torch.einsum("nd,nkd->nk", desc_a, extra))
+        if extra_valid is None:
+            extra_valid = torch.ones(extra.shape[:2], dtype=torch.bool, device=device)
+        valid_columns.append(extra_valid.to(device))
+    similarity = torch.cat(columns, dim=1)
+    valid = torch.cat(valid_columns, dim=1)
+    positive = torch.zeros_like(valid)
+    positive[:, 0] = True
+    return similarity, positive, valid
+
+
+def reliability_loss(ap: torch.Tensor, reliability: torch.Tensor, kappa: float = 0.5) -> torch.Tensor:
+    """R2D2's AP-weighted reliability loss per element: ``1 - [AP * R + kappa * (1 - R)]``.
+
+    ``ap`` and ``reliability`` broadcast together; an anchor whose AP is above ``kappa`` pulls
+    its reliability to 1, below ``kappa`` to 0 (and with a gradient through ``ap``, the
+    descriptor loss of unreliable anchors is down-weighted). Reduce it as needed.
+    """
+    if not 0.0 <= float(kappa) < 1.0:
+        raise ValueError(f"kappa must lie in [0, 1), got {kappa}")
+    return 1.0 - (ap * reliability + float(kappa) * (1.0 - reliability))
+
+
+# --------------------------------------------------------------------------------------------
+# Repeatability losses (dense heatmaps)
+# --------------------------------------------------------------------------------------------
+
+
+def _check_heat(name: str, heat: torch.Tensor) -> None:
+    if heat.ndim != 4 or heat.shape[1] != 1:
+        raise ValueError(f"{name} must be a (B, 1, H, W) heatmap, got {tuple(heat.shape)}")
+
+
+def _as_weight(valid: torch.Tensor | None, heat: torch.Tensor) -> torch.Tensor:
+    if valid is None:
+        return torch.ones_like(heat)
+    if valid.shape != heat.shape:
+        raise ValueError(f"valid must have the heatmap's shape {tuple(heat.shape)}, got {tuple(valid.shape)}")
+    return valid.to(heat.dtype)
+
+
+def cosim_loss(
+    heat0: torch.Tensor,
+    heat1_warped: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    n: int = 16,
+    min_valid: float = 0.5,
+) -> torch.Tensor:
+    """``1 -`` mean cosine similarity of two aligned (B, 1, H, W) heatmaps over N x N patches.
+
+    Patches are taken with stride ``n // 2`` (R2D2's layout); pixels where ``valid`` (same
+    shape, bool or float) is false are zeroed in both maps and patches whose valid share is
+    below ``min_valid`` are ignored. 0 (attached to the graph) when no patch is valid.
+    """
+    _check_heat("heat0", heat0)
+    _check_heat("heat1_warped", heat1_warped)
+    if heat0.shape != heat1_warped.shape:
+        raise ValueError(f"heatmaps differ in shape: {tuple(heat0.shape)} vs {tuple(heat1_warped.shape)}")
+    if int(n) < 2 or min(heat0.shape[-2:]) < int(n):
+        raise ValueError(f"patch size n={n} must be >= 2 and fit in the {tuple(heat0.shape[-2:])} heatmap")
+    weight = _as_weight(valid, heat0)
+    n, stride = int(n), max(int(n) // 2, 1)
+    p0 = F.unfold(heat0 * weight, n, stride=stride)  # (B, n*n, L)
+    p1 = F.unfold(heat1_warped * weight, n, stride=stride)
+    share = F.unfold(weight, n, stride=stride).mean(dim=1)  # (B, L)
+    cos = (F.normalize(p0, dim=1) * F.normalize(p1, dim=1)).sum(dim=1)
+    keep = (share >= float(min_valid)).to(cos.dtype)
+    return 1.0 - (cos * keep).sum() / keep.sum().clamp(min=1.0)
+
+
+def peakiness_loss(heat: torch.Tensor, n: int = 16, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """``1 -`` mean over pixels of (local max - local mean) of a (B, 1, H, W) heatmap.
+
+    As R2D2: the map is first smoothed by a 3 x 3 mean, then max- and mean-pooled over
+    (n + 1) x (n + 1) windows centred on every pixel (the mean over the pixels inside the
+    image). ``valid``: average only over those pixels (None: all).
+    """
+    _check_heat("heat", heat)
+    if int(n) < 2 or int(n) % 2:
+        raise ValueError(f"peakiness window n must be even and >= 2, got {n}")
+    n = int(n)
+    smooth = F.avg_pool2d(heat, 3, stride=1, padding=1, count_include_pad=False)
+    local_max = F.max_pool2d(smooth, n + 1, stride=1, padding=n // 2)
+    local_mean = F.avg_pool2d(smooth, n + 1, stride=1, padding=n // 2, count_include_pad=False)
+    weight = _as_weight(valid, heat)
+    return 1.0 - ((local_max - local_mean) * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def repeatability_losses(
+    heat0: torch.Tensor,
+    heat1_warped: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    n: int = 16,
+    heat1: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """R2D2's repeatability terms ``(cosim, peakiness)`` of a pair of heatmaps.
+
+    ``heat1_warped``: image1's heatmap resampled in image0's frame (kornia ``warp_perspective``
+    by ``H_1to0``), ``valid`` image0's pixels seen in image1. ``cosim``: :func:`cosim_loss`;
+    ``peakiness``: the mean of :func:`peakiness_loss` of ``heat0`` and of ``heat1`` (the
+    unwarped map, whole image), or when ``heat1`` is None of ``heat1_warped`` over ``valid``.
+    """
+    cosim = cosim_loss(heat0, heat1_warped, valid, n)
+    second = peakiness_loss(heat1, n) if heat1 is not None else peakiness_loss(heat1_warped, n, valid)
+    return cosim, 0.5 * (peakiness_loss(heat0, n) + second)

@@ -16,6 +16,7 @@ from hloc_hndesc.configs import config_path
 TASKS: dict[str, tuple[str, str]] = {
     "stylizer_ae": ("hloc_hndesc.training.stylization.autoencoder", "train_autoencoder"),
     "hynet": ("hloc_hndesc.training.hynet", "train_hynet"),
+    "hndesc_r2d2": ("hloc_hndesc.training.r2d2", "train_hndesc_r2d2"),
 }
 
 

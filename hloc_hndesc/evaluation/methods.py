@@ -1,9 +1,10 @@
 """The methods a benchmark compares: a conf of ours (with any weights) or the SIFT baseline.
 
 A method is given on the command line as ``CONF`` or ``CONF=WEIGHTS``: ``sift`` (pycolmap
-DoG + RootSIFT, DESIGN.md §7's settings), or one of :data:`hloc_hndesc.confs.CONFS` with
+DoG + RootSIFT, DESIGN.md §7's settings), ``sift-hynet-kpts`` (RootSIFT on ``hynet``'s DoG
+keypoints), or one of :data:`hloc_hndesc.confs.CONFS` with
 shipped weights or a checkpoint file, e.g. ``hndesc-r2d2=r2d2_WASF_N16.pt`` to run official
-weights through our extractor (weights are compared, not code). SIFT is matched with the
+weights through our extractor (weights are compared, not code). SIFT (both) is matched with the
 ratio test (0.8, mutual), everything else with mutual nearest neighbours, as in §7.
 
 Features go through :func:`hloc_hndesc.extract.extract` into one hloc-layout HDF5 file
@@ -136,7 +137,8 @@ def parse_method(spec: str) -> Method:
     if path is not None and not path.is_file():
         raise FileNotFoundError(f"{spec}: weights file {path} not found")
     label = name if path is None else f"{name} ({path.stem})"
-    return Method(label, conf, path, "ratio" if name == "sift" else "mutual")
+    sift = conf["model"]["name"] == "hndesc_sift"
+    return Method(label, conf, path, "ratio" if sift else "mutual")
 
 
 def read_features(path: str | Path, name: str) -> dict[str, np.ndarray]:
