@@ -30,6 +30,10 @@ The dense R2D2-family losses (R2D2, Revaud et al., NeurIPS 2019; HNDesc's descri
 * :func:`cosim_loss`, :func:`peakiness_loss`, :func:`repeatability_losses`: the repeatability
   terms on dense heatmaps (cosine similarity of N x N patches after warping; local max minus
   local mean).
+
+HOW's global loss (Tolias et al., ECCV 2020; Radenović et al.'s contrastive loss):
+:func:`contrastive_loss`, ``1/2 ||a - p||^2`` for positive pairs and
+``1/2 max(0, margin - ||a - n||)^2`` for negative pairs of global descriptors.
 """
 
 from __future__ import annotations
@@ -493,3 +497,60 @@ def repeatability_losses(
     cosim = cosim_loss(heat0, heat1_warped, valid, n)
     second = peakiness_loss(heat1, n) if heat1 is not None else peakiness_loss(heat1_warped, n, valid)
     return cosim, 0.5 * (peakiness_loss(heat0, n) + second)
+
+
+# --------------------------------------------------------------------------------------------
+# Contrastive loss of global descriptors (HOW)
+# --------------------------------------------------------------------------------------------
+
+
+def contrastive_loss(
+    anchor: torch.Tensor,
+    others: torch.Tensor,
+    positive: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    margin: float = 0.8,
+    eps: float = 1e-12,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Contrastive loss of B tuples: anchors (B, D) against their tuple's images (B, M, D).
+
+    ``positive`` (B, M) bool marks the positives, the other ``valid`` (B, M) entries (None: all)
+    are negatives. Per pair: ``1/2 ||a - x||^2`` for a positive, ``1/2 max(0, margin - ||a - x||)^2``
+    for a negative; each tuple's pairs are summed (as the official per-tuple loss) and the tuples
+    averaged (a constant rescaling of the official sum over a batch, to which Adam is invariant).
+    ``eps`` keeps the gradient of ``||a - x||`` finite at 0. Computed in at least float32.
+
+    ``stats`` (detached): ``pos_distance``, ``neg_distance`` (means over the valid pairs),
+    ``active_negatives`` (share of negatives inside the margin).
+    """
+    if anchor.ndim != 2 or others.ndim != 3 or others.shape[0] != anchor.shape[0] or others.shape[2] != anchor.shape[1]:
+        raise ValueError(
+            f"anchor must be (B, D) and others (B, M, D), got {tuple(anchor.shape)} and {tuple(others.shape)}"
+        )
+    if positive.dtype != torch.bool or positive.shape != others.shape[:2]:
+        raise ValueError(
+            f"positive must be a bool tensor of shape {tuple(others.shape[:2])}, got {positive.dtype} "
+            f"{tuple(positive.shape)}"
+        )
+    if valid is None:
+        valid = torch.ones_like(positive)
+    elif valid.dtype != torch.bool or valid.shape != positive.shape:
+        raise ValueError(
+            f"valid must be a bool tensor of shape {tuple(positive.shape)}, got {valid.dtype} {tuple(valid.shape)}"
+        )
+    dtype = torch.promote_types(anchor.dtype, torch.float32)
+    sq = (anchor.to(dtype)[:, None, :] - others.to(dtype)).square().sum(dim=-1)  # (B, M)
+    dist = (sq + eps).sqrt()
+    pos = positive & valid
+    neg = ~positive & valid
+    per_pair = torch.where(pos, 0.5 * sq, 0.5 * (float(margin) - dist).clamp(min=0.0).square())
+    per_pair = torch.where(valid, per_pair, torch.zeros_like(per_pair))
+    loss = per_pair.sum(dim=1).mean()
+    with torch.no_grad():
+        d = dist.detach()
+        stats = {
+            "pos_distance": (d * pos).sum() / pos.sum().clamp(min=1),
+            "neg_distance": (d * neg).sum() / neg.sum().clamp(min=1),
+            "active_negatives": ((d < float(margin)) & neg).sum() / neg.sum().clamp(min=1),
+        }
+    return loss, stats

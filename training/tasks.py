@@ -17,6 +17,8 @@ TASKS: dict[str, tuple[str, str]] = {
     "stylizer_ae": ("hloc_hndesc.training.stylization.autoencoder", "train_autoencoder"),
     "hynet": ("hloc_hndesc.training.hynet", "train_hynet"),
     "hndesc_r2d2": ("hloc_hndesc.training.r2d2", "train_hndesc_r2d2"),
+    "hndesc_caps": ("hloc_hndesc.training.caps", "train_hndesc_caps"),
+    "how": ("hloc_hndesc.training.how", "train_how"),
 }
 
 
