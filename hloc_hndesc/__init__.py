@@ -21,6 +21,10 @@ if not logger.handlers:
     logger.setLevel(logging.INFO)
     logger.propagate = False
 
+# OpenCV must be loaded before pycolmap (which registering with hloc imports): pycolmap links the
+# system libz, and once that is loaded first OpenCV's PNG writer aborts ("free(): invalid pointer").
+import cv2  # noqa: E402,F401
+
 from .hloc_plugin import register_if_available  # noqa: E402
 
 HLOC_REGISTERED = register_if_available()

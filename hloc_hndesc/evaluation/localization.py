@@ -162,6 +162,24 @@ def read_poses(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return poses
 
 
+def write_poses(path: str | Path, poses: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    """Write ``cam_from_world`` poses (name: (R, t)) in hloc's results format, names as given.
+
+    The file is written to a temporary name and renamed, so it is either complete or absent.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for name, (rotation, translation) in poses.items():
+        qx, qy, qz, qw = pycolmap.Rotation3d(project_to_rotation(rotation)).quat
+        values = [qw, qx, qy, qz, *np.asarray(translation, np.float64).reshape(3)]
+        lines.append(" ".join([name, *(repr(float(v)) for v in values)]))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.replace(path)
+    return path
+
+
 def median_point_depth(reconstruction: pycolmap.Reconstruction) -> float:
     """Median over images of the median depth of the 3D points each image observes (scene units)."""
     medians = []
@@ -348,13 +366,15 @@ def localize(
     results: Path,
     ransac_thresh: float = RANSAC_THRESHOLD,
     seed: int = 0,
+    covisibility_clustering: bool = False,
 ) -> dict[str, QueryResult]:
     """hloc ``localize_sfm.main`` for ``queries`` (name: camera), writing ``results``.
 
     ``features`` holds the query keypoints, ``matches`` the query-database matches of the
     ``pairs`` (retrieval list). RANSAC is seeded (``seed``) so reruns agree. Returns the
     estimated poses with their PnP inlier counts (read from hloc's log; 0 where PnP failed
-    and hloc fell back to a database pose).
+    and hloc fell back to a database pose). ``covisibility_clustering`` is hloc's option
+    (PnP per cluster of covisible database images, the best cluster kept).
     """
     from hloc import localize_sfm
 
@@ -362,15 +382,27 @@ def localize(
     results.parent.mkdir(parents=True, exist_ok=True)
     query_list = write_query_list(results.with_name(results.stem + "_queries.txt"), queries)
     config = {"estimation": {"ransac": {"max_error": ransac_thresh, "random_seed": seed}}}
-    localize_sfm.main(reference, query_list, pairs, features, matches, results, config=config)
+    localize_sfm.main(
+        reference, query_list, pairs, features, matches, results, config=config,
+        covisibility_clustering=covisibility_clustering,
+    )
     poses = read_poses(results)
     with open(f"{results}_logs.pkl", "rb") as handle:
         logs = pickle.load(handle)["loc"]
     out = {}
     for name in queries:
-        if name not in poses:
+        basename = name.split("/")[-1]  # hloc writes query basenames
+        if basename not in poses:
             continue
-        ret = logs.get(name, {}).get("PnP_ret")
+        ret = pnp_result(logs.get(name, {}))
         inliers = int(ret["num_inliers"]) if ret is not None and ret.get("num_inliers") is not None else 0
-        out[name] = QueryResult(name, *poses[name], num_inliers=inliers)
+        out[name] = QueryResult(name, *poses[basename], num_inliers=inliers)
     return out
+
+
+def pnp_result(log: Mapping) -> dict | None:
+    """The PnP result of one query in hloc's ``localize_sfm`` log (best cluster when clustered)."""
+    if "log_clusters" in log:
+        best = log.get("best_cluster")
+        return None if best is None else log["log_clusters"][best].get("PnP_ret")
+    return log.get("PnP_ret")
