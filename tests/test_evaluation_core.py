@@ -154,6 +154,13 @@ def test_parse_method(tmp_path: Path):
         parse_method("nope")
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         parse_method(f"hndesc-r2d2={tmp_path / 'missing.pth'}")
+    same = parse_method("sift-hynet-kpts@mutual")
+    assert same.matcher == "mutual" and same.label == "sift-hynet-kpts [mutual]"
+    assert same.key == parse_method("sift-hynet-kpts").key  # one feature cache for both matchers
+    assert parse_method(f"hndesc-r2d2={weights}@ratio").matcher == "ratio"
+    assert parse_method("sift@ratio").label == "sift"
+    with pytest.raises(ValueError, match="unknown matcher"):
+        parse_method("sift@nope")
 
 
 def test_sift_method_extracts_and_matches_graf(data_dir: Path, tmp_path: Path):

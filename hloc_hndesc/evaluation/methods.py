@@ -5,7 +5,9 @@ DoG + RootSIFT, DESIGN.md §7's settings), ``sift-hynet-kpts`` (RootSIFT on ``hy
 keypoints), or one of :data:`hloc_hndesc.confs.CONFS` with
 shipped weights or a checkpoint file, e.g. ``hndesc-r2d2=r2d2_WASF_N16.pt`` to run official
 weights through our extractor (weights are compared, not code). SIFT (both) is matched with the
-ratio test (0.8, mutual), everything else with mutual nearest neighbours, as in §7.
+ratio test (0.8, mutual), everything else with mutual nearest neighbours, as in §7; a suffix
+``@ratio`` or ``@mutual`` chooses the matcher instead (e.g. ``sift-hynet-kpts@mutual`` compares
+RootSIFT with HyNet on the same keypoints *and* the same matcher).
 
 Features go through :func:`hloc_hndesc.extract.extract` into one hloc-layout HDF5 file
 per method and image folder, so benchmarks share and resume them, and hloc can read them.
@@ -129,16 +131,27 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+MATCHERS = ("ratio", "mutual")
+
+
 def parse_method(spec: str) -> Method:
-    """``CONF`` or ``CONF=WEIGHTS`` -> :class:`Method` (unknown confs raise ``KeyError``)."""
+    """``CONF[=WEIGHTS][@MATCHER]`` -> :class:`Method` (unknown confs raise ``KeyError``)."""
+    matcher = None
+    head, at, tail = spec.rpartition("@")
+    if at and tail in MATCHERS:
+        spec, matcher = head, tail
+    elif at and "=" not in tail and "/" not in tail:
+        raise ValueError(f"{spec}: unknown matcher {tail!r}, expected one of {MATCHERS}")
     name, _, weights = spec.partition("=")
     conf = get_conf(name)
     path = Path(weights) if weights else None
     if path is not None and not path.is_file():
         raise FileNotFoundError(f"{spec}: weights file {path} not found")
     label = name if path is None else f"{name} ({path.stem})"
-    sift = conf["model"]["name"] == "hndesc_sift"
-    return Method(label, conf, path, "ratio" if sift else "mutual")
+    default = "ratio" if conf["model"]["name"] == "hndesc_sift" else "mutual"
+    if matcher is not None and matcher != default:
+        label = f"{label} [{matcher}]"
+    return Method(label, conf, path, matcher or default)
 
 
 def read_features(path: str | Path, name: str) -> dict[str, np.ndarray]:
