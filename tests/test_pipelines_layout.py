@@ -18,6 +18,7 @@ from hloc_hndesc.pipelines.components import SpecError, resolve_features, resolv
 from hloc_hndesc.pipelines.layout import LayoutError, check_aachen, check_image_folder, check_inloc
 from hloc_hndesc.pipelines.runner import build_parser, load_settings
 from hloc_hndesc.pipelines.steps import Steps, discard_incomplete_groups
+from hloc_hndesc.weights import read_registry
 
 IMAGE = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
 
@@ -132,9 +133,12 @@ def test_settings_defaults_file_and_options(tmp_path):
 
 def test_feature_and_retrieval_specs():
     with pytest.raises(SpecError, match="weights"):
-        resolve_features("hynet")  # no shipped weights yet: refused before any heavy step
+        resolve_features("hndesc-caps")  # no shipped weights yet: refused before any heavy step
     with pytest.raises(SpecError, match="not found"):
         resolve_features("hynet=/no/such/file.pth")
+    if "hynet" in read_registry():
+        hynet = resolve_features("hynet", resize_max=1024)
+        assert hynet.method.conf["preprocessing"]["resize_max"] == 1024 and hynet.default_matcher() == "NN-mutual"
     sift = resolve_features("sift", resize_max=640)
     assert sift.method.conf["preprocessing"]["resize_max"] == 640 and sift.default_matcher() == "NN-ratio"
     assert resolve_retrieval("exhaustive").kind == "exhaustive"
