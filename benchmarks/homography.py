@@ -58,9 +58,9 @@ The generated sequences (`python -m benchmarks.make_sequences`,
 `hloc_hndesc.evaluation.synthetic`) come from photos that are not training photos; their
 ground truth is exact for hloc-convention keypoints. In the `i_` sequences image 6 is a
 **synthetic** night (relit albedo, lamps, lit windows, noise, JPEG): real day/night change cannot
-be measured here, as `../shared/data` holds no real night image. No previous version of ours has
-weights yet, so there are no "previous" rows; no trained weights of ours exist, so our own confs
-are absent. Official R2D2 costs ~20 s per image on this CPU, so it runs on an evenly spaced subset
+be measured here, as `../shared/data` holds no real night image. `hynet` (the shipped weights) is
+the first trained model of ours, so there are no "previous" rows; `sift-hynet-kpts` is RootSIFT on
+exactly `hynet`'s DoG keypoints, so the two differ only by the descriptor. Official R2D2 costs ~20 s per image on this CPU, so it runs on an evenly spaced subset
 of the generated sequences (`--max-sequences`, SIFT beside it on the same subset); SIFT alone is
 also reported on all of them. Each block names the command that produced it (the command above
 is the last run's).

@@ -247,7 +247,9 @@ def main(argv: list[str] | None = None) -> None:
         "Baselines in the same command: SIFT and, when given, the official r2d2_WASF_N16 weights through "
         "our `hndesc-r2d2` extractor. The last column repeats DESIGN.md §7 (upstream hloc, same pairs; "
         "its RANSAC is not recorded; the `opencv` rows follow SuperGlue's protocol, which AUCs of this kind "
-        "usually use). No previous numbers of ours: no weights of ours have been trained yet.",
+        "usually use). `hynet` is the first shipped model of ours (no previous numbers); `sift-hynet-kpts` "
+        "is RootSIFT on exactly its DoG keypoints (NN-ratio; `[mutual]`: NN-mutual, hynet's matcher), so "
+        "the rows differ only by the descriptor and the matcher.",
         table(header, rows),
     ])
     if args.details is not None:

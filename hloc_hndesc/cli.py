@@ -112,7 +112,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         s = report.sfm
         print(
             f"SfM (hloc): {s['registered']}/{s['total']} images registered, {s['points']} points, "
-            f"track length {s['track_length']:.2f}, reprojection error {s['reprojection_error']:.2f} px"
+            f"track length {s['track_length']:.2f}, reprojection error {s['reprojection_error']:.2f} px; "
+            f"top view {args.output / 'sfm' / 'model_top_view.png'}"
         )
     return 0
 

@@ -120,8 +120,11 @@ def run_demo(
         if hloc_available():
             from .evaluation.sfm import run_sfm
 
+            from .pipelines.plots import write_model_summary
+
             result = run_sfm(method, scene_dir, output / "sfm", output / "features", camera_mode=pycolmap.CameraMode.AUTO)
             report.sfm = dataclasses.asdict(result.stats)
+            write_model_summary(result.reconstruction, output / "sfm", f"{method.label}: SfM of {scene_dir.name}")
         else:
             logger.info("hloc is not installed: the demo skips the reconstruction")
     return report

@@ -82,3 +82,5 @@ def test_sift_demo_reconstructs_the_bundled_photos_through_hloc(tmp_path: Path):
     assert report.sfm is not None
     assert report.sfm["registered"] == 10 and report.sfm["points"] > 500
     assert report.sfm["reprojection_error"] < 1.0
+    top_view = cv2.imread(str(tmp_path / "out" / "sfm" / "model_top_view.png"))
+    assert top_view is not None and top_view.std() > 0  # points and cameras drawn
