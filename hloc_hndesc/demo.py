@@ -15,13 +15,13 @@ import itertools
 from importlib import resources
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pycolmap
 
 from . import logger
 from .evaluation.methods import Method, feature_cache, parse_method, read_all_features
 from .io import list_images, read_image
+from .plots import plot_matches, write_model_summary
 
 DEMO_SCENE = Path(str(resources.files("hloc_hndesc.assets"))) / "sacre_coeur"
 RANSAC_MAX_ERROR = 2.0
@@ -62,32 +62,6 @@ def verify_pair(kpts0: np.ndarray, kpts1: np.ndarray, max_error: float = RANSAC_
     return np.asarray(result["inlier_mask"], bool).reshape(-1)
 
 
-def plot_matches(
-    image0: np.ndarray, image1: np.ndarray, kpts0: np.ndarray, kpts1: np.ndarray, inliers: np.ndarray,
-    path: Path, height: int = 480, title: str = "", max_lines: int = 200,
-) -> None:
-    """Side-by-side PNG of two RGB float images with inlier matches (green) and outliers (red).
-
-    At most ``max_lines`` matches are drawn (an even subsample) so that the plot stays readable;
-    the title carries the full counts.
-    """
-    tiles, scales = [], []
-    for image in (image0, image1):
-        scale = height / image.shape[0]
-        tiles.append(cv2.resize((image * 255).astype(np.uint8), (round(image.shape[1] * scale), height), interpolation=cv2.INTER_AREA))
-        scales.append(scale)
-    canvas = np.ascontiguousarray(np.concatenate(tiles, 1)[..., ::-1])
-    offset = tiles[0].shape[1]
-    shown = np.linspace(0, len(kpts0) - 1, min(len(kpts0), max_lines)).round().astype(int) if len(kpts0) else []
-    for p0, p1, good in sorted(zip(kpts0[shown], kpts1[shown], inliers[shown]), key=lambda t: t[2]):
-        a = (int(round(p0[0] * scales[0])), int(round(p0[1] * scales[0])))
-        b = (int(round(p1[0] * scales[1])) + offset, int(round(p1[1] * scales[1])))
-        cv2.line(canvas, a, b, (0, 200, 0) if good else (0, 0, 220), 1, cv2.LINE_AA)
-    cv2.putText(canvas, title, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), canvas)
-
-
 def run_demo(
     method: str | Method = "hynet",
     scene_dir: str | Path = DEMO_SCENE,
@@ -119,8 +93,6 @@ def run_demo(
 
         if hloc_available():
             from .evaluation.sfm import run_sfm
-
-            from .pipelines.plots import write_model_summary
 
             result = run_sfm(method, scene_dir, output / "sfm", output / "features", camera_mode=pycolmap.CameraMode.AUTO)
             report.sfm = dataclasses.asdict(result.stats)

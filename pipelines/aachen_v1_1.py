@@ -27,7 +27,7 @@ from ..evaluation.localization import THRESHOLDS, localize
 from .components import log_components, match, resolve_features, resolve_matcher, resolve_retrieval, spec_tag
 from .layout import check_aachen
 from .localization_plots import inliers_from_logs, plot_localizations, plot_sfm_queries, read_logs
-from .plots import camera_centres, write_model_summary
+from ..plots import camera_centres, write_model_summary
 from .runner import attach_log, detach_log, exit_with, main_of
 from .scoring import score_results
 from .steps import Steps

@@ -31,6 +31,7 @@ from .. import logger
 from ..confs import BASELINE_CONFS, CONFS, build_extractor
 from ..evaluation.matching import HLOC_MATCHERS
 from ..evaluation.methods import Method, parse_method
+from ..files import atomic_path
 from .steps import discard_incomplete_groups
 
 #: hloc extractors (and ours) whose matcher default is the ratio test.
@@ -179,29 +180,27 @@ class Retrieval:
         self, image_dir: Path, queries: Sequence[str], database: Sequence[str], num: int, output: Path, out_dir: Path
     ) -> Path:
         """Write the ``query database`` pairs file (at most ``num`` per query; all for exhaustive)."""
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(output.name + ".tmp")
-        if self.kind == "exhaustive":
-            db_set = set(database)
-            lines = [f"{q} {d}" for q in queries for d in database if q != d]
-            if set(queries) <= db_set:  # one image set (SfM): each unordered pair once
-                lines = [f"{a} {b}" for i, a in enumerate(database) for b in database[i + 1 :]]
-            tmp.write_text("\n".join(lines) + "\n")
-        else:
-            names = sorted(set(queries) | set(database))
-            descriptors = self.features.extract(image_dir, names, out_dir)
-            if self.kind == "asmk":
-                from ..retrieval import pairs_from_asmk
-
-                pairs_from_asmk.main(
-                    descriptors, tmp, num, query_list=list(queries), db_list=list(database),
-                    codebook=out_dir / f"asmk-codebook_{self.features.key}.npz", index=out_dir / f"asmk-index_{self.features.key}.npz",
-                )
+        with atomic_path(output) as tmp:
+            if self.kind == "exhaustive":
+                if set(queries) <= set(database):  # one image set (SfM): each unordered pair once
+                    lines = [f"{a} {b}" for i, a in enumerate(database) for b in database[i + 1 :]]
+                else:
+                    lines = [f"{q} {d}" for q in queries for d in database if q != d]
+                tmp.write_text("\n".join(lines) + "\n")
             else:
-                from hloc import pairs_from_retrieval
+                names = sorted(set(queries) | set(database))
+                descriptors = self.features.extract(image_dir, names, out_dir)
+                if self.kind == "asmk":
+                    from ..retrieval import pairs_from_asmk
 
-                pairs_from_retrieval.main(descriptors, tmp, num, query_list=list(queries), db_list=list(database))
-        tmp.replace(output)
+                    pairs_from_asmk.main(
+                        descriptors, tmp, num, query_list=list(queries), db_list=list(database),
+                        codebook=out_dir / f"asmk-codebook_{self.features.key}.npz", index=out_dir / f"asmk-index_{self.features.key}.npz",
+                    )
+                else:
+                    from hloc import pairs_from_retrieval
+
+                    pairs_from_retrieval.main(descriptors, tmp, num, query_list=list(queries), db_list=list(database))
         return output
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .. import logger
+from ..files import atomic_path
 
 CHUNK = 1 << 20
 MANIFEST = "checksums.json"
@@ -90,9 +91,8 @@ def read_manifest(root: Path) -> dict[str, str]:
 
 
 def _write_manifest(root: Path, manifest: dict[str, str]) -> None:
-    tmp = root / f"{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    os.replace(tmp, root / MANIFEST)
+    with atomic_path(root / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
 
 
 def fetch(url: str, target: Path, expected_sha256: str | None = None, timeout: float = 60.0) -> str:

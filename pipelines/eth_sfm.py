@@ -38,7 +38,7 @@ from ..evaluation.sfm import (
 )
 from .components import log_components, match, resolve_features, resolve_matcher, resolve_retrieval, spec_tag
 from .layout import ImageFolderLayout, check_image_folder
-from .plots import plot_correspondences, write_model_summary
+from ..plots import plot_correspondences, write_model_summary
 from .runner import attach_log, detach_log, exit_with, main_of
 from .steps import Steps, write_json_atomic
 

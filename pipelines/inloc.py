@@ -17,7 +17,6 @@ Defaults: ``configs/pipelines/inloc.yaml``.
 
 from __future__ import annotations
 
-import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from .. import logger
 from ..evaluation.datasets import DatasetError
 from ..evaluation.localization import write_poses
 from ..evaluation.miniature import INLOC_THRESHOLDS
+from ..files import atomic_path
 from .components import log_components, match, resolve_features, resolve_matcher, resolve_retrieval, spec_tag
 from .layout import check_inloc, transformation_file
 from .localization_plots import inliers_from_logs, plot_inloc_queries, plot_localizations, read_logs
@@ -88,10 +88,8 @@ def localize(root: Path, pairs: Path, features: Path, matches: Path, results: Pa
                 "3d_points": mkp3d, "indices_db": indices, "num_matches": num_matches,
             }
     logger.info("Localised %d / %d queries.", len(poses), len(retrieval))
-    tmp = Path(f"{results}_logs.pkl.tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_path(f"{results}_logs.pkl") as tmp, open(tmp, "wb") as handle:
         pickle.dump(logs, handle)
-    os.replace(tmp, f"{results}_logs.pkl")
     write_poses(results, poses)
     return failed
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import logger
 from ..evaluation.localization import pnp_result, read_poses
-from .plots import plot_correspondences, plot_positions
+from ..plots import plot_correspondences, plot_positions
 
 
 def read_logs(results: Path) -> dict:

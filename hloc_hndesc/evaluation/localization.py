@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 import pycolmap
 
+from ..files import atomic_path
 from .datasets import StrechaCamera
 from .matching import hloc_matcher_conf
 from .pose import pinhole_camera as pinhole_from_K
@@ -174,9 +175,8 @@ def write_poses(path: str | Path, poses: Mapping[str, tuple[np.ndarray, np.ndarr
         qx, qy, qz, qw = pycolmap.Rotation3d(project_to_rotation(rotation)).quat
         values = [qw, qx, qy, qz, *np.asarray(translation, np.float64).reshape(3)]
         lines.append(" ".join([name, *(repr(float(v)) for v in values)]))
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in lines))
     return path
 
 
@@ -231,10 +231,9 @@ def write_night_queries(
         mapping[name] = Path(name).stem + ".png"
         path = folder / mapping[name]
         if not path.is_file():
-            tmp = path.with_name(path.stem + ".tmp.png")
-            if not cv2.imwrite(str(tmp), np.ascontiguousarray(night[..., ::-1])):
-                raise OSError(f"{tmp}: cannot write the image")
-            tmp.replace(path)
+            with atomic_path(path) as tmp:
+                if not cv2.imwrite(str(tmp), np.ascontiguousarray(night[..., ::-1])):
+                    raise OSError(f"{path}: cannot write the image")
     return folder, mapping
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import collections.abc
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from tqdm import tqdm
 
 from .. import logger
 from ..config import ConfigError
+from ..files import atomic_path
 from .asmk import ASMK, asmk_conf
 from .codebook import Codebook, load_codebook, save_codebook, train_codebook
 from .descriptors import DescriptorFileError, descriptor_dim, list_descriptor_names, read_descriptors, sample_training_descriptors
@@ -236,14 +236,8 @@ def rank(
 def write_pairs(pairs: list[tuple[str, str]], output: str | Path) -> Path:
     """Write ``query db`` lines atomically (temporary file, then rename)."""
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(output) as tmp:
         tmp.write_text("".join(f"{q} {d}\n" for q, d in pairs))
-        os.replace(tmp, output)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return output
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..files import atomic_path
+
 FORMAT_VERSION = 1
 
 
@@ -30,18 +32,11 @@ def save_npz(path: str | Path, kind: str, arrays: Mapping[str, np.ndarray], meta
     ``path`` only once complete, so a crash never leaves a file that reads as valid.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = json.dumps({"kind": kind, "version": FORMAT_VERSION, "meta": dict(meta)}, sort_keys=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, __header__=np.array(header), **{k: np.asarray(v) for k, v in arrays.items()})
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, __header__=np.array(header), **{k: np.asarray(v) for k, v in arrays.items()})
+        handle.flush()
+        os.fsync(handle.fileno())
     return path
 
 

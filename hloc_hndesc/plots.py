@@ -1,7 +1,7 @@
-"""Pictures of a pipeline run, drawn with OpenCV (no matplotlib needed).
+"""Pictures of matches, localisations and models, drawn with OpenCV (no matplotlib needed).
 
-- :func:`plot_correspondences`: a query beside a database image with its 2D-2D matches, PnP
-  inliers in green, outliers in red (the demo's :func:`hloc_hndesc.demo.plot_matches`);
+- :func:`plot_matches`: two images side by side with their matches, inliers in green, outliers in
+  red; :func:`plot_correspondences` does it for two image files (the demo, the pipelines);
 - :func:`plot_positions`: a top view (the plane of the two main axes of all points) of
   database cameras, estimated query positions and, when known, true positions;
 - :func:`write_model_summary`: COLMAP's summary of a model as text, and a top view of its
@@ -17,11 +17,36 @@ import cv2
 import numpy as np
 import pycolmap
 
-from ..demo import plot_matches
-from ..io import read_image
+from .io import read_image
 
 #: BGR colours of the position plot's groups, in order.
 COLOURS = ((160, 160, 160), (0, 160, 255), (0, 200, 0), (220, 80, 0))
+
+
+def plot_matches(
+    image0: np.ndarray, image1: np.ndarray, kpts0: np.ndarray, kpts1: np.ndarray, inliers: np.ndarray,
+    path: Path, height: int = 480, title: str = "", max_lines: int = 200,
+) -> None:
+    """Side-by-side PNG of two RGB float images with inlier matches (green) and outliers (red).
+
+    At most ``max_lines`` matches are drawn (an even subsample) so that the plot stays readable;
+    the title carries the full counts.
+    """
+    tiles, scales = [], []
+    for image in (image0, image1):
+        scale = height / image.shape[0]
+        tiles.append(cv2.resize((image * 255).astype(np.uint8), (round(image.shape[1] * scale), height), interpolation=cv2.INTER_AREA))
+        scales.append(scale)
+    canvas = np.ascontiguousarray(np.concatenate(tiles, 1)[..., ::-1])
+    offset = tiles[0].shape[1]
+    shown = np.linspace(0, len(kpts0) - 1, min(len(kpts0), max_lines)).round().astype(int) if len(kpts0) else []
+    for p0, p1, good in sorted(zip(kpts0[shown], kpts1[shown], inliers[shown]), key=lambda t: t[2]):
+        a = (int(round(p0[0] * scales[0])), int(round(p0[1] * scales[0])))
+        b = (int(round(p1[0] * scales[1])) + offset, int(round(p1[1] * scales[1])))
+        cv2.line(canvas, a, b, (0, 200, 0) if good else (0, 0, 220), 1, cv2.LINE_AA)
+    cv2.putText(canvas, title, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), canvas)
 
 
 def plot_correspondences(
