@@ -39,12 +39,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     try:
-        photos = list_photos(args.images)
+        photos = list_photos(args.images, args.max_photos)
     except TrainingPhotoError as error:
         parser.error(str(error))
-    if args.max_photos is not None and args.max_photos < len(photos):
-        step = len(photos) / max(args.max_photos, 1)
-        photos = [photos[int(i * step)] for i in range(args.max_photos)]
     folders = generate_sequences(photos, args.out, args.seed, args.max_side, tuple(args.kinds), "." + args.format)
     argv = sys.argv[1:] if argv is None else argv
     record = {

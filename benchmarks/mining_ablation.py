@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report import publish, table
+from benchmarks.report import mean_sd, publish, table
 from hloc_hndesc.evaluation.datasets import collect_sequences
 from hloc_hndesc.evaluation.patches import (
     build_patch_pairs,
@@ -59,13 +59,6 @@ def describe(net: torch.nn.Module, patches: torch.Tensor, batch: int = 1024) -> 
         return torch.cat([describer(chunk) for chunk in patches.split(batch)]) if len(patches) else torch.zeros(0, 128)
 
 
-def mean_sd(values: list[float], scale: float = 100.0) -> str:
-    """``mean ± sd`` (in percent by default); sd 0 for a single value."""
-    m = statistics.fmean(values) * scale
-    sd = statistics.stdev(values) * scale if len(values) > 1 else 0.0
-    return f"{m:.2f} ± {sd:.2f}"
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     sequences, groups = collect_sequences(args.sequences)
@@ -102,8 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for mode, items in results.items():
         rows.append([
-            mode, len(items), mean_sd([r["val_fpr95"] for r in items]),
-            *(mean_sd([r[f"{k}_{level}"] for r in items]) for level in LEVELS for k in ("fpr", "map")),
+            mode, len(items), mean_sd([r["val_fpr95"] for r in items], 100, 2),
+            *(mean_sd([r[f"{k}_{level}"] for r in items], 100, 2) for level in LEVELS for k in ("fpr", "map")),
             f"{statistics.fmean(r['wall'] for r in items):.0f}",
         ])
     extra = " ".join(f"`{o}`" for o in args.overrides) or "none"

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import datetime
+import fcntl
 import os
 import platform
 import shlex
+import statistics
 import sys
 from pathlib import Path
 
 import torch
 
+from hloc_hndesc.files import atomic_path
 from hloc_hndesc.provenance import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,14 +48,18 @@ def write_section(key: str, title: str, body: str, path: Path = ROOT / "BENCHMAR
         f"- date: {datetime.date.today().isoformat()}, commit {commit()}\n\n"
     )
     section = f"{begin}\n{header}{body.rstrip()}\n{end}\n"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery section is written by the script named in its command.\n\n"
-    if begin in text and end in text:
-        pre, rest = text.split(begin, 1)
-        post = rest.split(end, 1)[1].lstrip("\n")
-        text = pre + section + ("\n" + post if post else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
+    # benchmarks run side by side: the read-modify-write of the file is serialised by a lock
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery section is written by the script named in its command.\n\n"
+        if begin in text and end in text:
+            pre, rest = text.split(begin, 1)
+            post = rest.split(end, 1)[1].lstrip("\n")
+            text = pre + section + ("\n" + post if post else "")
+        else:
+            text = text.rstrip() + "\n\n" + section
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
 
 
 def publish(key: str, title: str, body: str, dry_run: bool = False, echo: bool = False) -> None:
@@ -62,6 +69,13 @@ def publish(key: str, title: str, body: str, dry_run: bool = False, echo: bool =
         write_section(key, title, body)
     if dry_run or echo:
         print(body)
+
+
+def mean_sd(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
+    """``mean ± sd`` of ``values`` times ``scale``; sd 0 for a single value."""
+    m = statistics.fmean(values) * scale
+    sd = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+    return f"{m:.{digits}f} ± {sd:.{digits}f}"
 
 
 def table(header: list[str], rows: list[list[object]]) -> str:

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from .files import atomic_path
+
 CHECKPOINT_DIR = Path(str(resources.files("hloc_hndesc.checkpoints")))
 
 
@@ -161,10 +163,7 @@ def save_checkpoint(
     net: torch.nn.Module, path: str | Path, meta: dict[str, Any] | None = None
 ) -> str:
     """Write ``{'state_dict', 'meta'}`` atomically; return its sha256."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    torch.save({"state_dict": state, "meta": dict(meta or {})}, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": state, "meta": dict(meta or {})}, tmp)
     return sha256sum(path)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import cv2
 import numpy as np
 
 from hloc_hndesc import logger
+from hloc_hndesc.files import atomic_path
 
 Series = Mapping[str, tuple[Sequence[float], Sequence[float]]]
 
@@ -67,14 +67,11 @@ class CsvLog:
         self._rewrite()
 
     def _rewrite(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(self.columns)
             for row in self.rows:
                 writer.writerow([_format(row[c]) if c in row else "" for c in self.columns])
-        os.replace(tmp, self.path)
 
     def append(self, row: Mapping[str, float]) -> None:
         """Add one row (must contain ``step``)."""
@@ -227,9 +224,8 @@ def plot_curves(series: Series, path: str | Path, **kwargs: object) -> Path:
     ok, data = cv2.imencode(".png", image)
     if not ok:
         raise RuntimeError(f"could not encode the curves image {path}")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data.tobytes())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.tobytes())
     return path
 
 

@@ -83,6 +83,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from hloc_hndesc import logger
 from hloc_hndesc.config import ConfigError, merge_conf
+from hloc_hndesc.files import atomic_path
 from hloc_hndesc.provenance import git_commit
 from hloc_hndesc.weights import save_checkpoint
 
@@ -717,9 +718,8 @@ class _Trainer:
                 meta = {"step": step, "trainer": OmegaConf.to_container(conf), "git_commit": git_commit()}
                 meta.update(getattr(self.task, "checkpoint_meta", dict)())
                 save_checkpoint(self.model, self.out / "model.pt", meta)
-            tmp = self.out / "summary.json.tmp"
-            tmp.write_text(json.dumps(summary, indent=2))
-            os.replace(tmp, self.out / "summary.json")
+            with atomic_path(self.out / "summary.json") as tmp:
+                tmp.write_text(json.dumps(summary, indent=2))
         return summary
 
     def _report_throughput(self, throughput: Mapping[str, float]) -> None:

@@ -83,7 +83,8 @@ TrainingPhotoError = SplitError
 
 @dataclass
 class SyntheticSequence:
-    """Six RGB uint8 images, the five homographies ``H_1_k`` and the parameters drawn per target."""
+    """RGB uint8 images (the reference first; six in the HPatches layout), the homographies
+    ``H_1_k`` and the parameters drawn per target."""
 
     name: str
     images: list[np.ndarray]
@@ -99,8 +100,9 @@ def check_not_training(path: str | Path) -> None:
     check_paths_not_training([path], f"evaluation sequences (use e.g. {', '.join(SOURCE_FOLDERS)})")
 
 
-def list_photos(folders: list[str | Path]) -> list[Path]:
-    """The photos of ``folders`` (not recursive), each folder sorted; training folders refused."""
+def list_photos(folders: list[str | Path], count: int | None = None) -> list[Path]:
+    """The photos of ``folders`` (not recursive), each folder sorted, at most ``count`` of them
+    evenly spaced; training folders refused."""
     photos = []
     for folder in folders:
         folder = Path(folder)
@@ -113,7 +115,15 @@ def list_photos(folders: list[str | Path]) -> list[Path]:
         photos += found
     for photo in photos:
         check_not_training(photo)
-    return photos
+    return evenly_spaced(photos, count)
+
+
+def evenly_spaced(photos: list[Path], count: int | None) -> list[Path]:
+    """At most ``count`` of ``photos``, evenly spaced in their order (all if None)."""
+    if count is None or count >= len(photos):
+        return list(photos)
+    step = len(photos) / max(count, 1)
+    return [photos[int(i * step)] for i in range(count)]
 
 
 def load_photo(path: str | Path, max_side: int | None = 800) -> np.ndarray:
@@ -273,6 +283,33 @@ def warp_image(
     out = (top * (1 - fy) + bottom * fy).astype(src.dtype)
     out[~valid] = 0
     return out[..., 0] if squeeze else out
+
+
+def rotation_homography(size: tuple[int, int], angle_deg: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """In-plane rotation of a ``(width, height)`` image by ``angle_deg`` (clockwise on screen)
+    onto a canvas that holds all of it; returns ``H`` and the canvas ``(width, height)``."""
+    # cos/sin snapped to exact -1, 0, 1 so that right angles move pixels onto pixels
+    c, s = (float(np.round(v, 12)) for v in (math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))))
+    w, h = size
+    width = int(math.ceil(abs(c) * w + abs(s) * h - 1e-6))
+    height = int(math.ceil(abs(s) * w + abs(c) * h - 1e-6))
+    rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    return _translation((width - 1) / 2, (height - 1) / 2) @ rot @ _translation(-(w - 1) / 2, -(h - 1) / 2), (width, height)
+
+
+def make_rotation_sequence(
+    image: np.ndarray, angles: tuple[float, ...], name: str = "r_"
+) -> SyntheticSequence:
+    """The photo followed by its in-plane rotations by ``angles`` (degrees), each on a canvas
+    that holds the whole rotated photo (black outside it); no other change."""
+    size = (image.shape[1], image.shape[0])
+    images, homographies, params = [image.copy()], [], []
+    for angle in angles:
+        hom, canvas = rotation_homography(size, angle)
+        images.append(_to_uint8(warp_image(image, hom, canvas, antialias=False)))
+        homographies.append(hom)
+        params.append({"rotation": float(angle)})
+    return SyntheticSequence(name, images, homographies, params)
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
@@ -473,7 +510,7 @@ def make_illumination_sequence(image: np.ndarray, rng: np.random.Generator, name
 
 
 def write_sequence(sequence: SyntheticSequence, folder: str | Path, suffix: str = ".ppm") -> Path:
-    """Write ``1<suffix>`` .. ``6<suffix>`` and ``H_1_2`` .. ``H_1_6`` (17 significant digits)."""
+    """Write ``1<suffix>`` .. ``n<suffix>`` and ``H_1_2`` .. ``H_1_n`` (17 significant digits)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for k, image in enumerate(sequence.images, start=1):

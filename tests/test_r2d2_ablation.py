@@ -1,0 +1,52 @@
+"""The HNDesc-R2D2 ablation benchmark: each variant trains with its overrides, is measured, reruns reuse it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+
+from benchmarks import make_sequences, r2d2_ablation
+
+
+def test_variants_train_with_their_overrides_and_reruns_reuse_them(data_dir: Path, tmp_path: Path) -> None:
+    photos = tmp_path / "train_natural" / "bsd300"
+    photos.mkdir(parents=True)
+    for path in sorted((data_dir / "train_natural" / "bsd300").glob("*.jpg"))[:4]:
+        shutil.copy(path, photos / path.name)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "task": "hndesc_r2d2",
+        "data": {"image_dirs": [str(photos.parent)], "crop": 64, "max_size": 128, "val_fraction": 0.3,
+                 "stylize_probability": 1.0, "photometric": {"enabled": False}},
+        "model": {"variant": "slim", "mchan": 2},
+        "sampling": {"stride": 8, "border": 4},
+        "validation": {"pairs": 1, "keypoints": 32},
+        "train": {"batch_size": 2, "log_every": 1, "checkpoint_every": 2, "progress": False, "tensorboard": False},
+    }))
+    sequences = tmp_path / "seqs"
+    make_sequences.main(["--images", str(data_dir / "lightglue_pairs"), "--out", str(sequences),
+                         "--max-side", "96", "--max-photos", "1"])
+    argv = [
+        "--config", str(config), "--variants", "in_batch", "in_batch-nostyle", "--seeds", "3", "--steps", "2",
+        "--sequences", str(sequences), "--cache", str(tmp_path / "cache"),
+        "--output-root", str(tmp_path / "runs"), "--no-write",
+    ]
+    first = r2d2_ablation.main(argv)
+    assert set(first) == {"in_batch", "in_batch-nostyle"} and all(len(rows) == 1 for rows in first.values())
+    for variant, style in (("in_batch", 1.0), ("in_batch-nostyle", 0.0)):
+        meta = torch.load(tmp_path / "runs" / f"{variant}-s3" / "model.pt", weights_only=True)["meta"]
+        conf = meta["config"]
+        assert conf["data"]["stylize_probability"] == style and conf["mining"]["mode"] == "in_batch"
+        assert conf["data"]["seed"] == 3 and meta["step"] == 2
+        row = first[variant][0]
+        assert 0.0 <= row["mma_all"] <= 1.0 and 0.0 <= row["val_ap"] <= 1.0
+    walls = {v: json.loads((tmp_path / "runs" / f"{v}-s3" / "ablation_wall.json").read_text()) for v in first}
+    stamp = (tmp_path / "runs" / "in_batch-s3" / "model.pt").stat().st_mtime_ns
+    second = r2d2_ablation.main(argv)
+    assert (tmp_path / "runs" / "in_batch-s3" / "model.pt").stat().st_mtime_ns == stamp
+    assert {v: json.loads((tmp_path / "runs" / f"{v}-s3" / "ablation_wall.json").read_text()) for v in first} == walls
+    assert second == first
