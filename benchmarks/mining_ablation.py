@@ -11,14 +11,12 @@ mean ± sd over seeds; runs are resumable (a finished run is not retrained).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.report import mean_sd, publish, table
+from benchmarks.report import mean_sd, publish, table, timed_once
 from hloc_hndesc.evaluation.datasets import collect_sequences
 from hloc_hndesc.evaluation.patches import (
     build_patch_pairs,
@@ -76,12 +74,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"mining.mode={mode}", f"train.seed={seed}", f"data.seed={seed}", f"train.steps={args.steps}",
                 f"train.batch_size={args.batch_size}", f"train.output_dir={out}", *args.overrides,
             ]
-            timing = out / "ablation_wall.json"  # wall time of the run that trained (reruns reuse it)
-            start = time.perf_counter()
-            metrics = train_hynet(load_train_config(args.config, overrides))
-            if not timing.is_file():
-                timing.write_text(json.dumps({"wall_s": time.perf_counter() - start}))
-            wall = json.loads(timing.read_text())["wall_s"]
+            metrics, wall = timed_once(out, lambda: train_hynet(load_train_config(args.config, overrides)))
             net = build_hynet()
             load_weights(net, "hynet", out / "model.pt")
             row = {"val_fpr95": metrics["val"].get("fpr95", float("nan")), "wall": wall}

@@ -17,12 +17,10 @@ finished run is not retrained).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import time
 from pathlib import Path
 
-from benchmarks.report import mean_sd, publish, table
+from benchmarks.report import mean_sd, publish, table, timed_once
 from hloc_hndesc.evaluation.datasets import list_sequences
 from hloc_hndesc.evaluation.homography import MMA_THRESHOLDS, evaluate_method, select_sequences, summarize
 from hloc_hndesc.evaluation.methods import parse_method
@@ -62,17 +60,13 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, sequences: li
         *VARIANTS[variant], f"train.seed={seed}", f"data.seed={seed}", f"train.steps={args.steps}",
         f"train.output_dir={out}", *args.overrides,
     ]
-    timing = out / "ablation_wall.json"  # wall time of the run that trained (reruns reuse it)
-    start = time.perf_counter()
-    metrics = train_hndesc_r2d2(load_train_config(args.config, overrides))
-    if not timing.is_file():
-        timing.write_text(json.dumps({"wall_s": time.perf_counter() - start}))
+    metrics, wall = timed_once(out, lambda: train_hndesc_r2d2(load_train_config(args.config, overrides)))
     results = evaluate_method(parse_method(f"hndesc-r2d2={out / 'model.pt'}"), sequences, args.sequences, args.cache)
     column = MMA_THRESHOLDS.index(3.0)
     row = {
         "val_ap": metrics["val"].get("ap", float("nan")),
         "val_mma": metrics["val"].get("mma", float("nan")),
-        "wall": json.loads(timing.read_text())["wall_s"],
+        "wall": wall,
     }
     for kind in ("i", "v", "all"):
         summary = summarize(results, kind)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import json
 import os
 import platform
 import shlex
 import statistics
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -17,6 +21,7 @@ from hloc_hndesc.files import atomic_path
 from hloc_hndesc.provenance import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 
 
 def machine() -> str:
@@ -69,6 +74,17 @@ def publish(key: str, title: str, body: str, dry_run: bool = False, echo: bool =
         write_section(key, title, body)
     if dry_run or echo:
         print(body)
+
+
+def timed_once(out: Path, run: Callable[[], T]) -> tuple[T, float]:
+    """``run()`` and the wall seconds of the call that first completed it: a rerun of a resumable
+    training run that finds it finished reuses the time recorded in ``out/ablation_wall.json``."""
+    timing = out / "ablation_wall.json"
+    start = time.perf_counter()
+    result = run()
+    if not timing.is_file():
+        timing.write_text(json.dumps({"wall_s": time.perf_counter() - start}))
+    return result, json.loads(timing.read_text())["wall_s"]
 
 
 def mean_sd(values: list[float], scale: float = 1.0, digits: int = 3) -> str:

@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[PairResult]]:
         parser.error(str(error))
     angles = tuple(args.angles)
     write_rotation_sequences(photos, args.out, angles, args.max_side)
-    sequences = [s for s in list_sequences(args.out) if s.name in {f"r_{p.stem}" for p in photos}]
+    names = {f"r_{p.stem}" for p in photos}
+    sequences = [s for s in list_sequences(args.out) if s.name in names]
 
     results: dict[str, list[PairResult]] = {}
     for spec in args.method:
