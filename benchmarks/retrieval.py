@@ -50,6 +50,7 @@ from hloc_hndesc.evaluation.retrieval import (
 )
 from hloc_hndesc.retrieval.asmk import ASMK, asmk_conf
 from hloc_hndesc.retrieval.descriptors import descriptor_dim, read_descriptors
+from hloc_hndesc.retrieval.global_search import rank_global, read_global_descriptors
 from hloc_hndesc.retrieval.pairs_from_asmk import prepare_codebook, prepare_index
 from hloc_hndesc.weights import read_registry
 
@@ -126,15 +127,10 @@ class Run:
 
 def run_global(method: Method, bench: Benchmark, cache: Path) -> Run:
     """Rank by the dot product of global descriptors (hloc's pairs_from_retrieval)."""
-    import h5py
-
     h5 = method.extract(bench.root, bench.names, feature_cache(cache, bench.root))
-    with h5py.File(h5, "r") as handle:
-        desc = np.stack([np.asarray(handle[n]["global_descriptor"], np.float32) for n in bench.names])
+    desc = read_global_descriptors(h5, bench.names)
     start = time.perf_counter()
-    sim = desc @ desc.T
-    np.fill_diagonal(sim, -np.inf)
-    rankings = [np.argsort(-row, kind="stable")[:-1] for row in sim]
+    rankings = rank_global(desc)
     elapsed = (time.perf_counter() - start) * 1e3 / len(bench.names)
     return Run(rankings, elapsed, {"bytes_per_image": desc.shape[1] * 4, "dim": desc.shape[1]})
 

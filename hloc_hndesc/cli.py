@@ -98,11 +98,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .weights import WeightsError
 
     try:
-        report = run_demo(args.method, args.scene or DEMO_SCENE, args.output, sfm=not args.no_sfm)
-    except (KeyError, ConfigError, FileNotFoundError, WeightsError) as err:
+        report = run_demo(
+            args.method, args.scene or DEMO_SCENE, args.output, sfm=not args.no_sfm,
+            retrieval=args.retrieval, num_matched=args.num_matched,
+        )
+    except (KeyError, ValueError, FileNotFoundError, WeightsError) as err:
         logger.error("%s", err.args[0] if err.args else err)
         return 2
     print(f"{report.method}: features {report.features}")
+    if report.retrieval is not None:
+        print(f"pairs: {len(report.pairs)}, each image's {args.num_matched} nearest images by {report.retrieval}")
     for pair in report.pairs:
         print(
             f"{pair.name0} - {pair.name1}: {pair.keypoints[0]}/{pair.keypoints[1]} keypoints, "
@@ -188,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--method", default="hynet", help="a conf (shipped weights), CONF=WEIGHTS, or sift")
     demo.add_argument("--scene", type=Path, help="folder with an images/ subfolder (default: bundled photos)")
     demo.add_argument("--output", type=Path, default=Path("outputs/demo"))
+    demo.add_argument(
+        "--retrieval", help="match only shortlisted pairs: a retrieval conf (how, how-asmk) or CONF=WEIGHTS"
+    )
+    demo.add_argument("--num-matched", type=int, default=5, help="shortlist length per image (with --retrieval)")
     demo.add_argument("--no-sfm", action="store_true", help="skip the reconstruction even if hloc is installed")
     demo.set_defaults(func=_cmd_demo)
 

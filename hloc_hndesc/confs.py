@@ -37,14 +37,17 @@ CONFS: dict[str, dict[str, Any]] = {
         "model": {"name": "hndesc_caps", "max_keypoints": 8000},
         "preprocessing": {"grayscale": False, "resize_max": 1024},
     },
+    # HOW's pyramid (scales 2.0 .. 0.25 of the image) capped at 1024 px on the longer side: the
+    # shipped weights saw photos of at most 512 px in training, and 2048 px inputs cost ~4x more
+    # (official checkpoints: set max_scaled_side to None for the paper's full pyramid)
     "how": {
         "output": "global-feats-how-r18-r1024",
-        "model": {"name": "hndesc_how", "mode": "global"},
+        "model": {"name": "hndesc_how", "mode": "global", "max_scaled_side": 1024},
         "preprocessing": {"grayscale": False, "resize_max": 1024},
     },
     "how-asmk": {
         "output": "feats-how-r18-n1000-r1024",
-        "model": {"name": "hndesc_how", "mode": "local", "features_num": 1000},
+        "model": {"name": "hndesc_how", "mode": "local", "features_num": 1000, "max_scaled_side": 1024},
         "preprocessing": {"grayscale": False, "resize_max": 1024},
     },
 }
@@ -63,6 +66,14 @@ BASELINE_CONFS: dict[str, dict[str, Any]] = {
         "output": "feats-sift-n8000-r1600",
         "model": {"name": "hndesc_sift", "max_keypoints": 8000},
         "preprocessing": {"grayscale": True, "resize_max": 1600},
+    },
+    # RootSIFT on the upright DoG keypoints of ``hndesc-caps`` (same size, options and cap; the
+    # grey image is hloc's, so a few keypoints near the threshold may differ), so that
+    # DoG+HNDesc-CAPS against it compares descriptors.
+    "sift-caps-kpts": {
+        "output": "feats-sift-upright-n8000-r1024",
+        "model": {"name": "hndesc_sift", "max_keypoints": 8000, "upright": True},
+        "preprocessing": {"grayscale": True, "resize_max": 1024},
     },
 }
 

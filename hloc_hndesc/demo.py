@@ -2,7 +2,8 @@
 
 ``hloc-hndesc demo`` runs on the bundled photos (``hloc_hndesc/assets/sacre_coeur``) with a
 conf of this package (``hynet`` by default, the shipped weights) or the SIFT baseline
-(``--method sift``), or any ``CONF=WEIGHTS``. For every image pair: mutual nearest-neighbour
+(``--method sift``), or any ``CONF=WEIGHTS``. For every image pair (or, with a retrieval conf
+such as ``how`` or ``how-asmk``, each image's shortlist of nearest images): mutual nearest-neighbour
 matches (ratio test for SIFT, as in the benchmarks), a fundamental matrix by pycolmap's
 LO-RANSAC, and a PNG of the inlier matches. With hloc installed the photos are also
 reconstructed (hloc's ``match_features`` + ``reconstruction``, a camera per image size).
@@ -22,6 +23,8 @@ from . import logger
 from .evaluation.methods import Method, feature_cache, parse_method, read_all_features
 from .io import list_images, read_image
 from .plots import plot_matches, write_model_summary
+from .retrieval import pairs_from_asmk
+from .retrieval.global_search import rank_global, read_global_descriptors, shortlist_pairs
 
 DEMO_SCENE = Path(str(resources.files("hloc_hndesc.assets"))) / "sacre_coeur"
 RANSAC_MAX_ERROR = 2.0
@@ -46,6 +49,7 @@ class DemoReport:
     method: str
     features: Path
     pairs: list[PairResult] = dataclasses.field(default_factory=list)
+    retrieval: str | None = None  # the retrieval method's label when pairs came from a shortlist
     sfm: dict[str, float] | None = None  # ReconstructionStats as a dict
 
 
@@ -62,14 +66,44 @@ def verify_pair(kpts0: np.ndarray, kpts1: np.ndarray, max_error: float = RANSAC_
     return np.asarray(result["inlier_mask"], bool).reshape(-1)
 
 
+def retrieval_pairs(
+    retrieval: Method, image_dir: Path, names: list[str], output: Path, num_matched: int
+) -> list[tuple[str, str]]:
+    """Each image's ``num_matched`` nearest images by ``retrieval``, as unordered pairs.
+
+    A global conf (``how``) ranks by dot product; a local one (``how-asmk``, or any local
+    features) through ASMK with a codebook trained on these images.
+    """
+    features = retrieval.extract(image_dir, names, feature_cache(output / "features", image_dir))
+    if retrieval.conf["model"].get("mode") == "global":
+        rankings = rank_global(read_global_descriptors(features, names))
+    else:
+        position = {n: i for i, n in enumerate(names)}
+        ranked = pairs_from_asmk.main(features, output / "pairs-asmk.txt", num_matched, query_list=names, db_list=names)
+        rankings = [[] for _ in names]
+        for query, db in ranked:
+            rankings[position[query]].append(position[db])
+    return shortlist_pairs(names, rankings, num_matched)
+
+
 def run_demo(
     method: str | Method = "hynet",
     scene_dir: str | Path = DEMO_SCENE,
     output: str | Path = "outputs/demo",
     sfm: bool = True,
+    retrieval: str | Method | None = None,
+    num_matched: int = 5,
 ) -> DemoReport:
-    """Run the demo on ``scene_dir/images``; results, plots and the model go to ``output``."""
+    """Run the demo on ``scene_dir/images``; results, plots and the model go to ``output``.
+
+    ``retrieval`` (a conf such as ``how`` / ``how-asmk``, or ``CONF=WEIGHTS``): match only
+    each image's ``num_matched`` nearest images instead of all pairs.
+    """
+    if int(num_matched) < 1:
+        raise ValueError(f"demo: num_matched must be at least 1, got {num_matched}")
     method = parse_method(method) if isinstance(method, str) else method
+    if isinstance(retrieval, str):
+        retrieval = parse_method(retrieval)
     scene_dir, output = Path(scene_dir), Path(output)
     image_dir = scene_dir / "images"
     names = list_images(image_dir)
@@ -78,8 +112,12 @@ def run_demo(
     features = method.extract(image_dir, names, feature_cache(output / "features", image_dir))
     feats = read_all_features(features, names)
     images = {name: read_image(image_dir / name) for name in names}  # decoded once for all plots
-    report = DemoReport(method.label, features)
-    for name0, name1 in itertools.combinations(names, 2):
+    if retrieval is None:
+        pairs = list(itertools.combinations(names, 2))
+    else:
+        pairs = retrieval_pairs(retrieval, image_dir, names, output, num_matched)
+    report = DemoReport(method.label, features, retrieval=None if retrieval is None else retrieval.label)
+    for name0, name1 in pairs:
         f0, f1 = feats[name0], feats[name1]
         matches = method.match(f0, f1)
         k0, k1 = f0["keypoints"][matches[:, 0]], f1["keypoints"][matches[:, 1]]
@@ -94,7 +132,10 @@ def run_demo(
         if hloc_available():
             from .evaluation.sfm import run_sfm
 
-            result = run_sfm(method, scene_dir, output / "sfm", output / "features", camera_mode=pycolmap.CameraMode.AUTO)
+            result = run_sfm(
+                method, scene_dir, output / "sfm", output / "features", camera_mode=pycolmap.CameraMode.AUTO,
+                pairs=None if retrieval is None else pairs,
+            )
             report.sfm = dataclasses.asdict(result.stats)
             write_model_summary(result.reconstruction, output / "sfm", f"{method.label}: SfM of {scene_dir.name}")
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from hloc_hndesc.features.caps import CAPSExtractor
 from hloc_hndesc.features.sampling import keypoints_to_map_coords, map_coords_to_keypoints, sample_dense
 from hloc_hndesc.models.caps import CAPSNet, official_caps_key_map, torchvision_to_caps_encoder
 from hloc_hndesc.models.resnet import ResNet, select_torchvision_state
-from hloc_hndesc.weights import NoWeightsError, WeightsError, save_checkpoint
+from hloc_hndesc.weights import NoWeightsError, WeightsError, load_weights, save_checkpoint
 
 torch.set_num_threads(2)
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -225,7 +226,11 @@ def caps_weights(tmp_path_factory, caps_net) -> Path:
     return path
 
 
-def test_caps_extractor_requires_weights():
+def test_caps_extractor_requires_weights(tmp_path, monkeypatch):
+    """Without shipped weights (an empty checkpoint folder here) random weights are refused."""
+    from hloc_hndesc.features import caps as caps_features
+
+    monkeypatch.setattr(caps_features, "load_weights", functools.partial(load_weights, root=tmp_path))
     with pytest.raises(NoWeightsError, match="hndesc-caps"):
         CAPSExtractor()
 
@@ -287,3 +292,20 @@ def test_caps_extractor_on_photo(caps_weights, sacre_coeur):
     assert torch.equal(again["keypoints"], kp) and torch.equal(again["descriptors"], out["descriptors"])
     flat = extractor(torch.full((1, 3, 64, 64), 0.5))
     assert flat["keypoints"].shape == (0, 2) and flat["descriptors"].shape == (256, 0)
+
+
+def test_sift_caps_kpts_baseline_describes_the_caps_keypoints(caps_weights, sacre_coeur, tmp_path):
+    """``sift-caps-kpts`` (benchmark baseline) detects where ``hndesc-caps`` does, so rows differ by descriptor."""
+    from hloc_hndesc.evaluation.methods import parse_method, read_features
+
+    name = sorted(p.name for p in sacre_coeur.glob("*.jpg"))[0]
+    caps = parse_method(f"hndesc-caps={caps_weights}")
+    sift = parse_method("sift-caps-kpts")
+    for method in (caps, sift):
+        method.conf["model"]["max_keypoints"] = 500
+        method.conf["preprocessing"]["resize_max"] = 400
+    kc = read_features(caps.extract(sacre_coeur, [name], tmp_path), name)["keypoints"]
+    ks = read_features(sift.extract(sacre_coeur, [name], tmp_path), name)["keypoints"]
+    assert 300 <= len(kc) <= 500 and abs(len(ks) - len(kc)) <= 25
+    nearest = torch.cdist(torch.from_numpy(kc).double(), torch.from_numpy(ks).double()).min(dim=1).values
+    assert (nearest < 0.5).double().mean() > 0.9  # the same DoG points, up to the grey conversion

@@ -74,6 +74,36 @@ def test_demo_with_a_checkpoint_and_without_weights(tmp_path: Path, capsys):
     assert cli_main(["demo", "--scene", str(scene), "--output", str(tmp_path / "out3"), "--no-sfm"]) == 0
 
 
+def test_demo_matches_only_the_retrieval_shortlist(tmp_path: Path, capsys):
+    scene = small_scene(tmp_path, 4)
+    names = sorted(p.name for p in (scene / "images").iterdir())
+    out = tmp_path / "out"
+    args = ["demo", "--method", "sift", "--scene", str(scene), "--output", str(out), "--no-sfm"]
+    assert cli_main(args + ["--retrieval", "sift", "--num-matched", "1"]) == 0  # local: ASMK
+    printed = capsys.readouterr().out
+    assert "each image's 1 nearest images by sift" in printed
+    assert 2 <= printed.count("inliers (pycolmap F)") <= 4  # not the 6 pairs of 4 images
+    report = run_demo("sift", scene, out, sfm=False, retrieval="sift", num_matched=1)
+    assert {n for p in report.pairs for n in (p.name0, p.name1)} == set(names)
+    assert all(p.name0 < p.name1 for p in report.pairs)
+    how = parse_method(f"how={random_checkpoint('how', tmp_path / 'how.pth')}")  # global
+    how.conf["model"].update(scales=[0.25], max_size=400)
+    report = run_demo("sift", scene, out, sfm=False, retrieval=how, num_matched=2)
+    assert report.retrieval == how.label and 2 <= len(report.pairs) <= 6
+    assert cli_main(args + ["--retrieval", "sift", "--num-matched", "0"]) == 2
+
+
+@pytest.mark.hloc
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_HLOC, reason="hloc is not installed (peer dependency, not on PyPI)")
+def test_demo_reconstructs_from_a_retrieval_shortlist(tmp_path: Path):
+    report = run_demo("sift", DEMO_SCENE, tmp_path / "out", sfm=True, retrieval="sift", num_matched=4)
+    assert len(report.pairs) < 45  # fewer than all pairs of the 10 photos
+    pairs_file = (tmp_path / "out" / "sfm" / "pairs-given.txt").read_text().split("\n")
+    assert len([line for line in pairs_file if line]) == len(report.pairs)
+    assert report.sfm is not None and report.sfm["registered"] == 10
+
+
 @pytest.mark.hloc
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_HLOC, reason="hloc is not installed (peer dependency, not on PyPI)")
@@ -84,3 +114,34 @@ def test_sift_demo_reconstructs_the_bundled_photos_through_hloc(tmp_path: Path):
     assert report.sfm["reprojection_error"] < 1.0
     top_view = cv2.imread(str(tmp_path / "out" / "sfm" / "model_top_view.png"))
     assert top_view is not None and top_view.std() > 0  # points and cameras drawn
+
+
+@pytest.mark.skipif("hndesc-caps" not in read_registry(), reason="no shipped hndesc-caps weights")
+def test_shipped_caps_verifies_more_matches_than_random_weights(tmp_path: Path):
+    scene = small_scene(tmp_path, 2)
+    reports = []
+    for spec in (f"hndesc-caps={random_checkpoint('hndesc-caps', tmp_path / 'caps.pth')}", "hndesc-caps"):
+        method = parse_method(spec)
+        method.conf["model"]["max_keypoints"] = 2000
+        reports.append(run_demo(method, scene, tmp_path / f"out{len(reports)}", sfm=False))
+    random_inliers, shipped_inliers = (r.pairs[0].inliers for r in reports)
+    assert shipped_inliers >= max(30, 2 * random_inliers)
+
+
+@pytest.mark.skipif("how" not in read_registry(), reason="no shipped how weights")
+def test_shipped_how_shortlists_a_photo_with_its_synthetic_view(tmp_path: Path):
+    """A warped, relit copy of one bundled photo must come first in that photo's HOW shortlist."""
+    import numpy as np
+
+    scene = small_scene(tmp_path, 4)
+    first = sorted((scene / "images").glob("*.jpg"))[0]
+    image = cv2.imread(str(first))
+    h, w = image.shape[:2]
+    rotation = cv2.getRotationMatrix2D((w / 2, h / 2), 25, 1.3)
+    view = cv2.warpAffine(image, rotation, (w, h), borderMode=cv2.BORDER_REFLECT)
+    view = np.clip(view.astype(np.float32) * 0.6 + 20, 0, 255).astype(np.uint8)
+    cv2.imwrite(str(scene / "images" / "zz_view.jpg"), view)
+    how = parse_method("how")
+    how.conf["model"].update(max_size=512, scales=[1.0, 0.707, 0.5])
+    report = run_demo("sift", scene, tmp_path / "out", sfm=False, retrieval=how, num_matched=1)
+    assert (first.name, "zz_view.jpg") in [(p.name0, p.name1) for p in report.pairs]

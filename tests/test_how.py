@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from hloc_hndesc.models.how import (
     smoothing_avg_pool,
 )
 from hloc_hndesc.models.resnet import ResNet
-from hloc_hndesc.weights import NoWeightsError, WeightsError, save_checkpoint
+from hloc_hndesc.weights import NoWeightsError, WeightsError, load_weights, save_checkpoint
 
 torch.set_num_threads(2)
 SCALES = [2.0, 1.414, 1.0, 0.707, 0.5, 0.353, 0.25]
@@ -235,9 +236,13 @@ def how_weights(tmp_path_factory, how_net) -> Path:
     return path
 
 
-def test_extractor_requires_weights_and_checks_conf(how_weights):
-    with pytest.raises(NoWeightsError, match="'how'"):
-        HOWExtractor()
+def test_extractor_requires_weights_and_checks_conf(how_weights, tmp_path, monkeypatch):
+    from hloc_hndesc.features import how as how_features
+
+    with monkeypatch.context() as patch:  # no shipped weights (an empty checkpoint folder): refused
+        patch.setattr(how_features, "load_weights", functools.partial(load_weights, root=tmp_path))
+        with pytest.raises(NoWeightsError, match="'how'"):
+            HOWExtractor()
     with pytest.raises(ValueError, match="mode"):
         HOWExtractor({"mode": "both"}, weights=how_weights)
     with pytest.raises(ConfigError, match="unknown config key"):

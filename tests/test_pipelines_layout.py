@@ -133,7 +133,7 @@ def test_settings_defaults_file_and_options(tmp_path):
 
 def test_feature_and_retrieval_specs():
     with pytest.raises(SpecError, match="weights"):
-        resolve_features("hndesc-caps")  # no shipped weights yet: refused before any heavy step
+        resolve_features("hndesc-r2d2")  # no shipped weights yet: refused before any heavy step
     with pytest.raises(SpecError, match="not found"):
         resolve_features("hynet=/no/such/file.pth")
     if "hynet" in read_registry():
@@ -142,10 +142,13 @@ def test_feature_and_retrieval_specs():
     sift = resolve_features("sift", resize_max=640)
     assert sift.method.conf["preprocessing"]["resize_max"] == 640 and sift.default_matcher() == "NN-ratio"
     assert resolve_retrieval("exhaustive").kind == "exhaustive"
-    with pytest.raises(SpecError):
-        resolve_retrieval("how-asmk")  # no HOW weights (or no ASMK module): a clear refusal
-    with pytest.raises(SpecError, match="weights"):
-        resolve_retrieval("how")
+    with pytest.raises(SpecError, match="not found"):
+        resolve_retrieval("how=/no/such/file.pth")
+    if "how" in read_registry():  # the shipped HOW: global and ASMK retrieval resolve without weights
+        assert resolve_retrieval("how").kind != resolve_retrieval("how-asmk").kind
+    else:
+        with pytest.raises(SpecError, match="weights"):
+            resolve_retrieval("how")
 
 
 def test_steps_skip_done_and_redo_changed(tmp_path):

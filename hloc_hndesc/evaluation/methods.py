@@ -2,12 +2,13 @@
 
 A method is given on the command line as ``CONF`` or ``CONF=WEIGHTS``: ``sift`` (pycolmap
 DoG + RootSIFT, DESIGN.md §7's settings), ``sift-hynet-kpts`` (RootSIFT on ``hynet``'s DoG
-keypoints), or one of :data:`hloc_hndesc.confs.CONFS` with
-shipped weights or a checkpoint file, e.g. ``hndesc-r2d2=r2d2_WASF_N16.pt`` to run official
-weights through our extractor (weights are compared, not code). SIFT (both) is matched with the
-ratio test (0.8, mutual), everything else with mutual nearest neighbours, as in §7; a suffix
-``@ratio`` or ``@mutual`` chooses the matcher instead (e.g. ``sift-hynet-kpts@mutual`` compares
-RootSIFT with HyNet on the same keypoints *and* the same matcher).
+keypoints), ``sift-caps-kpts`` (RootSIFT on ``hndesc-caps``'s upright DoG keypoints), or one
+of :data:`hloc_hndesc.confs.CONFS` with shipped weights or a checkpoint file, e.g.
+``hndesc-r2d2=r2d2_WASF_N16.pt`` to run official weights through our extractor (weights are
+compared, not code). SIFT (all three) is matched with the ratio test (0.8, mutual), everything
+else with mutual nearest neighbours, as in §7; a suffix ``@ratio`` or ``@mutual`` chooses the
+matcher instead (e.g. ``sift-hynet-kpts@mutual`` compares RootSIFT with HyNet on the same
+keypoints *and* the same matcher).
 
 Features go through :func:`hloc_hndesc.extract.extract` into one hloc-layout HDF5 file
 per method and image folder, so benchmarks share and resume them, and hloc can read them.

@@ -15,6 +15,7 @@ the image centre while the true one is off tilts every camera by the same small 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import h5py
 import numpy as np
 import pycolmap
 
+from ..files import atomic_path
 from ..io import list_images
 from .datasets import DatasetError, StrechaCamera
 from .matching import hloc_matcher_conf
@@ -291,11 +293,12 @@ def run_sfm(
     camera_mode: pycolmap.CameraMode = pycolmap.CameraMode.SINGLE,
     seed: int | None = 0,
     mapper_options: dict | None = None,
+    pairs: Sequence[tuple[str, str]] | None = None,
 ) -> SfMResult:
     """Reconstruct ``scene_dir/images`` with ``method`` through hloc; files go to ``out_dir``.
 
     Features are extracted into (or read from) ``feature_cache(cache, images)``; pairs
-    (exhaustive), matches and the COLMAP model (``out_dir/sfm``) are rewritten. Cameras are
+    (exhaustive unless ``pairs`` are given, e.g. a retrieval shortlist), matches and the COLMAP model (``out_dir/sfm``) are rewritten. Cameras are
     of model ``camera_model``, one shared by all images by default (``camera_mode``; hloc's
     default is ``AUTO``). ``seed`` seeds COLMAP's random generator (RANSAC), ``None`` leaves it.
     Needs hloc (raises ``ImportError`` without it).
@@ -309,18 +312,23 @@ def run_sfm(
     names = list_images(image_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     features = method.extract(image_dir, names, feature_cache(cache, image_dir))
-    pairs = out_dir / "pairs-exhaustive.txt"
-    pairs_from_exhaustive.main(pairs, image_list=names)
+    if pairs is None:
+        pairs_path = out_dir / "pairs-exhaustive.txt"
+        pairs_from_exhaustive.main(pairs_path, image_list=names)
+    else:
+        pairs_path = out_dir / "pairs-given.txt"
+        with atomic_path(pairs_path) as tmp:
+            tmp.write_text("".join(f"{a} {b}\n" for a, b in pairs))
     matches = out_dir / "matches.h5"
     match_features.main(
-        hloc_matcher_conf(method.matcher), pairs, features, matches=matches, overwrite=True
+        hloc_matcher_conf(method.matcher), pairs_path, features, matches=matches, overwrite=True
     )
     if seed is not None:
         pycolmap.set_random_seed(seed)
     model = reconstruction.main(
         out_dir / "sfm",
         image_dir,
-        pairs,
+        pairs_path,
         features,
         matches,
         camera_mode=camera_mode,
