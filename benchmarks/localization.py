@@ -47,9 +47,9 @@ from hloc_hndesc.evaluation.localization import (
     split_database_queries,
     triangulate_reference,
     write_night_queries,
-    write_pairs,
 )
 from hloc_hndesc.evaluation.methods import Method, feature_cache, parse_method
+from hloc_hndesc.files import write_pairs
 
 KEY = "localization"
 HEADER = [

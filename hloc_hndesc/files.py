@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,3 +25,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_pairs(path: str | Path, pairs: Iterable[tuple[str, str]]) -> Path:
+    """An hloc pairs file (``name0 name1`` per line), written atomically; returns ``path``."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(f"{a} {b}\n" for a, b in pairs))
+    return path

@@ -197,7 +197,8 @@ def test_night_queries_are_seeded_and_named_by_content(tmp_path, herz_jesu):
 def test_small_hloc_localisation_with_sift(tmp_path, herz_jesu):
     pytest.importorskip("hloc", reason="hloc is not installed (peer dependency, not on PyPI)")
     pytest.importorskip("hloc.localize_sfm", reason="hloc is installed but its localize_sfm does not import")
-    from hloc_hndesc.evaluation.localization import localize, match_pairs, triangulate_reference, write_pairs
+    from hloc_hndesc.evaluation.localization import localize, match_pairs, triangulate_reference
+    from hloc_hndesc.files import write_pairs
     from hloc_hndesc.evaluation.methods import parse_method
 
     scale = 0.375  # 1536x1024 -> 576x384, exact in both directions

@@ -133,14 +133,6 @@ def write_query_list(path: str | Path, cameras: Mapping[str, pycolmap.Camera]) -
     return path
 
 
-def write_pairs(path: str | Path, pairs: Sequence[tuple[str, str]]) -> Path:
-    """An hloc pair list (``name0 name1`` per line)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{a} {b}\n" for a, b in pairs))
-    return path
-
-
 def exhaustive_pairs(names: Sequence[str], references: Sequence[str] | None = None) -> list[tuple[str, str]]:
     """Every pair among ``names`` (i < j), or every ``names x references`` pair."""
     if references is None:

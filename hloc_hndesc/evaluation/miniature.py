@@ -35,6 +35,7 @@ import numpy as np
 import pycolmap
 
 from .. import logger
+from ..files import write_pairs
 from .datasets import StrechaCamera, read_strecha_scene
 from .localization import (
     exhaustive_pairs,
@@ -45,7 +46,6 @@ from .localization import (
     split_database_queries,
     triangulate_reference,
     write_night_queries,
-    write_pairs,
     write_poses,
     write_query_list,
 )

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 import pycolmap
 
-from ..files import atomic_path
+from ..files import write_pairs
 from ..io import list_images
 from .datasets import DatasetError, StrechaCamera
 from .matching import hloc_matcher_conf
@@ -316,9 +316,7 @@ def run_sfm(
         pairs_path = out_dir / "pairs-exhaustive.txt"
         pairs_from_exhaustive.main(pairs_path, image_list=names)
     else:
-        pairs_path = out_dir / "pairs-given.txt"
-        with atomic_path(pairs_path) as tmp:
-            tmp.write_text("".join(f"{a} {b}\n" for a, b in pairs))
+        pairs_path = write_pairs(out_dir / "pairs-given.txt", pairs)
     matches = out_dir / "matches.h5"
     match_features.main(
         hloc_matcher_conf(method.matcher), pairs_path, features, matches=matches, overwrite=True

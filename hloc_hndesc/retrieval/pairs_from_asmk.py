@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from .. import logger
 from ..config import ConfigError
-from ..files import atomic_path
+from ..files import write_pairs
 from .asmk import ASMK, asmk_conf
 from .codebook import Codebook, load_codebook, save_codebook, train_codebook
 from .descriptors import DescriptorFileError, descriptor_dim, list_descriptor_names, read_descriptors, sample_training_descriptors
@@ -233,14 +233,6 @@ def rank(
     return out
 
 
-def write_pairs(pairs: list[tuple[str, str]], output: str | Path) -> Path:
-    """Write ``query db`` lines atomically (temporary file, then rename)."""
-    output = Path(output)
-    with atomic_path(output) as tmp:
-        tmp.write_text("".join(f"{q} {d}\n" for q, d in pairs))
-    return output
-
-
 def _paths(value: Any) -> list[Path]:
     if isinstance(value, (str, Path)):
         return [Path(value)]
@@ -309,7 +301,7 @@ def main(
     rankings = rank(asmk, ivf, index_names, query_sources, query_names, db_names, int(num_matched))
     pairs = [(r.query, db) for r in rankings for db in r.names]
     logger.info("Found %d pairs.", len(pairs))
-    write_pairs(pairs, output)
+    write_pairs(output, pairs)
     return pairs
 
 
