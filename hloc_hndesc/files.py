@@ -27,6 +27,38 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def write_bytes(path: str | Path, data: bytes, durable: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically; returns ``path``.
+
+    ``durable``: also flush the file and its folder to the disk before returning (fsync), so
+    that a power cut cannot leave a renamed but empty file (training checkpoints).
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+    if durable:
+        _fsync_folder(path.parent)
+    return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename) to the disk, where the platform allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_pairs(path: str | Path, pairs: Iterable[tuple[str, str]]) -> Path:
     """An hloc pairs file (``name0 name1`` per line), written atomically; returns ``path``."""
     path = Path(path)

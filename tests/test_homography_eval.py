@@ -161,6 +161,15 @@ def test_select_sequences_evenly_per_kind(tmp_path: Path) -> None:
     assert len(select_sequences(seqs, None)) == 20
 
 
+def test_photo_and_sequence_subsets_share_one_rule(tmp_path: Path) -> None:
+    from hloc_hndesc.evaluation.synthetic import list_photos
+
+    for n in range(10):
+        cv2.imwrite(str(tmp_path / f"{n:02d}.jpg"), np.full((8, 8, 3), 10 * n, np.uint8))
+    assert [p.name for p in list_photos([tmp_path], 3)] == ["00.jpg", "04.jpg", "09.jpg"]
+    assert len(list_photos([tmp_path], 0)) == 0 and len(list_photos([tmp_path], 20)) == 10
+
+
 def test_benchmark_keeps_other_datasets_blocks(photo_small: np.ndarray, tmp_path: Path) -> None:
     photo = np.round(photo_small * 255).astype(np.uint8)
     hp_root, ox_root, _ = _write_layouts(photo, tmp_path)

@@ -224,14 +224,14 @@ def test_corrupt_checkpoints_are_skipped_or_refused(tmp_path: Path, log_records,
         ckpt.save_training_checkpoint(state, d, 10)
     monkeypatch.undo()
     assert not ckpt.checkpoint_path(d, 10).exists() and not list(d.glob("*.tmp*"))
-    real_write = ckpt._write_atomic
+    real_write = ckpt.write_bytes
 
-    def crash_on_sidecar(path: Path, data: bytes) -> None:
+    def crash_on_sidecar(path: Path, data: bytes, durable: bool = False) -> Path:
         if path.name.endswith(".sha256"):
             raise KeyboardInterrupt
-        real_write(path, data)
+        return real_write(path, data, durable)
 
-    monkeypatch.setattr(ckpt, "_write_atomic", crash_on_sidecar)
+    monkeypatch.setattr(ckpt, "write_bytes", crash_on_sidecar)
     with pytest.raises(KeyboardInterrupt):
         ckpt.save_training_checkpoint(state, d, 12)
     monkeypatch.undo()

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from hloc_hndesc import logger
+from hloc_hndesc.files import write_bytes
 
 #: value of the ``format`` entry of every trainer checkpoint.
 CHECKPOINT_FORMAT = "hloc_hndesc.trainer/1"
@@ -47,29 +48,6 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_training_checkpoint(state: Mapping[str, Any], directory: str | Path, step: int) -> Path:
     """Write ``state`` (plus ``format`` and ``step``) as the checkpoint of ``step``, atomically."""
     path = checkpoint_path(directory, step)
@@ -81,8 +59,8 @@ def save_training_checkpoint(state: Mapping[str, Any], directory: str | Path, st
     sidecar = sidecar_path(path)
     if sidecar.exists():
         sidecar.unlink()
-    _write_atomic(path, data)
-    _write_atomic(sidecar, f"{digest}  {path.name}\n".encode())
+    write_bytes(path, data, durable=True)
+    write_bytes(sidecar, f"{digest}  {path.name}\n".encode(), durable=True)
     return path
 
 
@@ -161,9 +139,11 @@ def prune_checkpoints(directory: str | Path, keep_last: int) -> list[Path]:
     removed: list[Path] = []
     if not directory.is_dir():
         return removed
-    for path in directory.glob("step_*.tmp*"):
-        path.unlink(missing_ok=True)
-        removed.append(path)
+    # temporary files of interrupted writes (hloc_hndesc.files; the older naming too)
+    for pattern in (".step_*.tmp*", "step_*.tmp*"):
+        for path in directory.glob(pattern):
+            path.unlink(missing_ok=True)
+            removed.append(path)
     checkpoints = list_checkpoints(directory)
     if keep_last > 0:
         for _, path in checkpoints[:-keep_last]:

@@ -9,13 +9,16 @@ before combining them with those K.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from ..io import IMAGE_SUFFIXES
+
+T = TypeVar("T")
 
 #: HPatches sequences D2-Net's protocol leaves out (images above 1600x1200 px).
 HPATCHES_EXCLUDED = (
@@ -244,3 +247,13 @@ def strecha_pose_pairs(scene: str | Path, steps: tuple[int, ...] = (1, 2)) -> li
         r, t = relative_pose(cameras[i], cameras[j])
         out.append(PosePair(cameras[i].name, cameras[j].name, cameras[i].K, cameras[j].K, r, t))
     return out
+
+
+def evenly_spaced(items: Sequence[T], count: int | None) -> list[T]:
+    """At most ``count`` of ``items``, evenly spaced in their order from the first to the last
+    (all if None); the one subsampling rule of the evaluation sets."""
+    if count is None or count >= len(items):
+        return list(items)
+    if count <= 0:
+        return []
+    return [items[i] for i in np.unique(np.linspace(0, len(items) - 1, count).round().astype(int))]

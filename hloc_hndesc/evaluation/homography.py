@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
-from .datasets import HomographySequence, warp_points
+from .datasets import HomographySequence, evenly_spaced, warp_points
 from .matching import match_descriptors
 from .methods import Method, feature_cache, read_all_features
 
@@ -241,7 +241,5 @@ def select_sequences(sequences: list[HomographySequence], per_kind: int | None) 
     keep = []
     for kind in dict.fromkeys(s.kind for s in sequences):
         group = [s for s in sequences if s.kind == kind]
-        if len(group) > per_kind:
-            group = [group[i] for i in np.unique(np.linspace(0, len(group) - 1, per_kind).round().astype(int))]
-        keep += group
+        keep += evenly_spaced(group, per_kind)
     return sorted(keep, key=lambda s: s.name)

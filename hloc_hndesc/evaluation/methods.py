@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import numpy as np
 
 from ..confs import get_conf
 from ..extract import extract
+from ..files import write_bytes
 from ..h5io import complete_names
 from .matching import match_descriptors
 
@@ -107,10 +107,7 @@ def _read_sources(path: Path) -> dict[str, str]:
 
 
 def _write_sources(path: Path, sources: dict[str, str]) -> None:
-    sidecar = _sources_path(path)
-    tmp = sidecar.with_name(sidecar.name + ".tmp")
-    tmp.write_text(json.dumps(sources, indent=0, sort_keys=True))
-    os.replace(tmp, sidecar)
+    write_bytes(_sources_path(path), json.dumps(sources, indent=0, sort_keys=True).encode())
 
 
 def _drop_entries(path: Path, names: list[str]) -> None:

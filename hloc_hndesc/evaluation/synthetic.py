@@ -49,6 +49,7 @@ import cv2
 import numpy as np
 
 from ..io import IMAGE_SUFFIXES, read_image
+from .datasets import evenly_spaced
 from .splits import SplitError
 from .splits import check_not_training as check_paths_not_training
 
@@ -116,14 +117,6 @@ def list_photos(folders: list[str | Path], count: int | None = None) -> list[Pat
     for photo in photos:
         check_not_training(photo)
     return evenly_spaced(photos, count)
-
-
-def evenly_spaced(photos: list[Path], count: int | None) -> list[Path]:
-    """At most ``count`` of ``photos``, evenly spaced in their order (all if None)."""
-    if count is None or count >= len(photos):
-        return list(photos)
-    step = len(photos) / max(count, 1)
-    return [photos[int(i * step)] for i in range(count)]
 
 
 def load_photo(path: str | Path, max_side: int | None = 800) -> np.ndarray:
