@@ -32,6 +32,8 @@ SESSION = re.compile(
     r"Training (?P<task>\w+) on (?P<device>\S+ x\d+): updates (?P<start>\d+) -> (?P<end>\d+) of (?P<total>\d+), "
     r"global batch (?P<batch>\d+)"
 )
+#: seconds before a "Training ..." line within which stamped lines are its invocation's preamble
+PREAMBLE_S = 60.0
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ ")
 
 
@@ -57,21 +59,31 @@ def _stamp(line: str) -> datetime.datetime | None:
 
 
 def sessions(log: Path) -> list[tuple[dict[str, str], float]]:
-    """Each session of a ``train.log``: its "Training ..." fields and its wall seconds."""
+    """Each session of a ``train.log``: its "Training ..." fields and its wall seconds.
+
+    A session runs from its "Training ..." line to its last line. The lines a resumed
+    invocation writes before its "Training ..." line (resuming, checkpoint checks: the
+    stamped lines within :data:`PREAMBLE_S` of it, back to the first older one) belong to the
+    new invocation, not to the end of the previous session.
+    """
     out: list[tuple[dict[str, str], float]] = []
-    start = last = None
+    start = None
     fields: dict[str, str] = {}
+    stamps: list[datetime.datetime] = []  # of the lines since the current session began
     for line in log.read_text().splitlines():
         stamp = _stamp(line)
         match = SESSION.search(line)
         if match:
             if start is not None:
-                out.append((fields, (last - start).total_seconds()))
-            fields, start = match.groupdict(), stamp
-        if stamp is not None:
-            last = stamp
+                earlier = list(stamps)
+                while earlier and stamp is not None and (stamp - earlier[-1]).total_seconds() <= PREAMBLE_S:
+                    earlier.pop()
+                out.append((fields, ((earlier or [start])[-1] - start).total_seconds()))
+            fields, start, stamps = match.groupdict(), stamp, []
+        elif stamp is not None and start is not None:
+            stamps.append(stamp)
     if start is not None:
-        out.append((fields, (last - start).total_seconds()))
+        out.append((fields, ((stamps or [start])[-1] - start).total_seconds()))
     return out
 
 
@@ -144,7 +156,9 @@ def main(argv: list[str] | None = None) -> None:
         "Read from each run's own logs (train.log sessions, log.csv windows, summary.json, val.csv); "
         "nothing is re-run. Items are synthetic pairs (HyNet, HNDesc) or tuples of 1 anchor + 1 positive "
         "+ 5 negatives (HOW). Wall time sums the sessions of a resumed run (mining, validation and "
-        "checkpoints included). There is no SIFT row: nothing is trained for SIFT; each model card names "
+        "checkpoints included), each from its \"Training ...\" line to its last logged line: a session that "
+        "was killed ends at its last line (a lower bound; the lines with which the next invocation resumes "
+        "are not counted). There is no SIFT row: nothing is trained for SIFT; each model card names "
         "its command.\n\n" + table(header, rows)
     )
     publish(KEY, TITLE, body, dry_run=args.no_write)

@@ -12,6 +12,8 @@ from benchmarks.training_budgets import read_budget, sessions
 LOG = """\
 [2026-11-30 10:00:00,001 INFO] Training HOWTask on cpu x1: updates 0 -> 100 of 200, global batch 5, 0 workers, output o
 [2026-11-30 10:10:00,500 INFO] step 100 validation (4.0 s): map=0.5
+[2026-11-30 11:59:58,000 WARNING] Resuming with a changed config (steps: 100 -> 200)
+[2026-11-30 11:59:59,000 INFO] Resuming from o/checkpoints/step_00000100.pt (step 100)
 [2026-11-30 12:00:00,000 INFO] Training HOWTask on cuda x2: updates 100 -> 200 of 200, global batch 5, 0 workers, output o
 [2026-11-30 12:05:30,000 INFO] step 200 validation (4.0 s): map=0.6
 """
@@ -32,7 +34,8 @@ def test_sessions_and_budget_of_a_resumed_run(tmp_path: Path):
         ("0", "cpu x1", 600.0), ("100", "cuda x2", 330.0),
     ]
     budget = read_budget("how", folder)
-    assert budget.wall_s == 930.0  # the 1 h 50 min gap between the sessions is not counted
+    # the 1 h 50 min gap is not counted, nor is it bridged by the resumed invocation's first lines
+    assert budget.wall_s == 930.0
     assert (budget.updates, budget.batch, budget.devices) == (200, 5, ["cpu x1", "cuda x2"])
     assert (budget.step_s, budget.items_s, budget.wait) == (3.0, 1.7, 0.02)
     assert budget.validation == {"step": 200.0, "map": 0.6}
