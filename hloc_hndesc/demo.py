@@ -24,7 +24,7 @@ from .evaluation.methods import Method, feature_cache, parse_method, read_all_fe
 from .io import list_images, read_image
 from .plots import plot_matches, write_model_summary
 from .retrieval import pairs_from_asmk
-from .retrieval.global_search import rank_global, read_global_descriptors, shortlist_pairs
+from .retrieval.global_search import rank_global, read_global_descriptors, shortlist_pairs, unordered_pairs
 
 DEMO_SCENE = Path(str(resources.files("hloc_hndesc.assets"))) / "sacre_coeur"
 RANSAC_MAX_ERROR = 2.0
@@ -76,14 +76,9 @@ def retrieval_pairs(
     """
     features = retrieval.extract(image_dir, names, feature_cache(output / "features", image_dir))
     if retrieval.conf["model"].get("mode") == "global":
-        rankings = rank_global(read_global_descriptors(features, names))
-    else:
-        position = {n: i for i, n in enumerate(names)}
-        ranked = pairs_from_asmk.main(features, output / "pairs-asmk.txt", num_matched, query_list=names, db_list=names)
-        rankings = [[] for _ in names]
-        for query, db in ranked:
-            rankings[position[query]].append(position[db])
-    return shortlist_pairs(names, rankings, num_matched)
+        return shortlist_pairs(names, rank_global(read_global_descriptors(features, names)), num_matched)
+    ranked = pairs_from_asmk.main(features, output / "pairs-asmk.txt", num_matched, query_list=names, db_list=names)
+    return unordered_pairs(names, ranked)
 
 
 def run_demo(

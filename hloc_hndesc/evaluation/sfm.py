@@ -298,9 +298,10 @@ def run_sfm(
     """Reconstruct ``scene_dir/images`` with ``method`` through hloc; files go to ``out_dir``.
 
     Features are extracted into (or read from) ``feature_cache(cache, images)``; pairs
-    (exhaustive unless ``pairs`` are given, e.g. a retrieval shortlist), matches and the COLMAP model (``out_dir/sfm``) are rewritten. Cameras are
-    of model ``camera_model``, one shared by all images by default (``camera_mode``; hloc's
-    default is ``AUTO``). ``seed`` seeds COLMAP's random generator (RANSAC), ``None`` leaves it.
+    (exhaustive unless ``pairs`` are given, e.g. a retrieval shortlist), matches and the COLMAP
+    model (``out_dir/sfm``) are rewritten. Cameras are of model ``camera_model``, one shared by
+    all images by default (``camera_mode``; hloc's default is ``AUTO``). ``seed`` seeds COLMAP's
+    random generator (RANSAC), ``None`` leaves it.
     Needs hloc (raises ``ImportError`` without it).
     """
     from hloc import match_features, pairs_from_exhaustive, reconstruction

@@ -6,7 +6,7 @@ memory; hloc's own ``pairs_from_retrieval`` is the tool for large databases.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import h5py
@@ -30,9 +30,16 @@ def rank_global(desc: np.ndarray) -> list[np.ndarray]:
     return [np.argsort(-row, kind="stable")[:-1] for row in sim]
 
 
+def unordered_pairs(names: Sequence[str], pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``pairs`` of ``names`` without self-pairs and repeats in either order, each in image order."""
+    position = {n: i for i, n in enumerate(names)}
+    kept = {tuple(sorted((position[a], position[b]))) for a, b in pairs if a != b}
+    return [(names[i], names[j]) for i, j in sorted(kept)]
+
+
 def shortlist_pairs(names: Sequence[str], rankings: Sequence[Sequence[int]], num_matched: int) -> list[tuple[str, str]]:
     """Unordered pairs from each image's ``num_matched`` best-ranked images, in image order, once each."""
     if num_matched < 1:
         raise ValueError(f"num_matched must be at least 1, got {num_matched}")
-    kept = {tuple(sorted((i, int(j)))) for i, ranking in enumerate(rankings) for j in list(ranking)[:num_matched]}
-    return [(names[i], names[j]) for i, j in sorted(kept)]
+    shortlists = ((names[i], names[int(j)]) for i, ranking in enumerate(rankings) for j in list(ranking)[:num_matched])
+    return unordered_pairs(names, shortlists)
