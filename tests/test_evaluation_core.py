@@ -32,6 +32,7 @@ from hloc_hndesc.evaluation.splits import (
     list_source_images,
     training_dirs_of,
 )
+from hloc_hndesc.weights import shipped_weights
 
 
 def _project(camera, points: np.ndarray) -> np.ndarray:
@@ -158,6 +159,9 @@ def test_parse_method(tmp_path: Path):
     assert same.matcher == "mutual" and same.label == "sift-hynet-kpts [mutual]"
     assert same.key == parse_method("sift-hynet-kpts").key  # one feature cache for both matchers
     assert parse_method(f"hndesc-r2d2={weights}@ratio").matcher == "ratio"
+    shipped = shipped_weights("hynet")  # shipped weights are keyed by their file, as any other
+    assert parse_method("hynet").key == parse_method(f"hynet={shipped}").key
+    assert parse_method("hynet").key != parse_method(f"hynet={weights}").key
     assert parse_method("sift@ratio").label == "sift"
     with pytest.raises(ValueError, match="unknown matcher"):
         parse_method("sift@nope")

@@ -30,10 +30,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..confs import get_conf
+from ..confs import extractor_class, get_conf
 from ..extract import extract
 from ..files import write_bytes
 from ..h5io import complete_names
+from ..weights import read_registry
 from .matching import match_descriptors
 
 
@@ -49,11 +50,19 @@ class Method:
 
     @property
     def key(self) -> str:
-        """File-name key: model, resolution, a hash of the conf and one of the weights file."""
+        """File-name key: model, resolution, a hash of the conf and one of the weights file.
+
+        Shipped weights count by their registry sha256, so features cached with an earlier
+        shipped file are not read after the file changes.
+        """
         pre = self.conf["preprocessing"]
         size = f"r{pre.get('resize_max')}" + ("f" if pre.get("resize_force") else "")
         conf_hash = hashlib.sha256(json.dumps(self.conf, sort_keys=True, default=str).encode()).hexdigest()[:6]
-        tag = f"-w{file_sha256(self.weights)[:10]}" if self.weights else ""
+        if self.weights is not None:
+            tag = f"-w{file_sha256(self.weights)[:10]}"
+        else:
+            shipped = read_registry().get(extractor_class(self.conf["model"]["name"]).weights_name)
+            tag = f"-w{shipped.sha256[:10]}" if shipped is not None else ""
         return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.conf['model']['name']}-{size}-c{conf_hash}{tag}")
 
     def with_resize(self, resize_max: int | None, force: bool = False) -> Method:
