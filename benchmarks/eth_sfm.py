@@ -115,8 +115,9 @@ def body(results: list[tuple[SfMResult, CameraErrors | None]], camera_model: str
         "(COLMAP's dense stereo needs CUDA); a recent COLMAP (pycolmap 4.1) through hloc; the paper's "
         "R2D2 row used its own keypoint budget (~12K/image, here 5000). Compare rows within this run.",
         "",
-        "No previous version of ours has trained weights yet, so there are no previous numbers of ours; "
-        "official R2D2 weights run through our `hndesc-r2d2` extractor.",
+        "Rows of ours use the weights they name (the shipped file when none is named: see its model card); "
+        "numbers of earlier weights stay in this file's git history. Official R2D2 weights run through "
+        "our `hndesc-r2d2` extractor.",
     ]
     for scene in dict.fromkeys(r.scene for r, _ in results):
         rows = [_row(r, e) for r, e in results if r.scene == scene]

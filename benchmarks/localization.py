@@ -200,7 +200,8 @@ def main() -> None:
             f"(seed {args.seed}, one generator per image); the database stays daytime. It is a proxy only: "
             "real day/night localisation (Aachen Day-Night) cannot be measured here, as no real night images "
             "with ground-truth poses are available offline.",
-            "Our previous numbers: no previous version of ours has trained weights yet, so there is no row of ours.",
+            "Rows of ours use the weights they name (the shipped file when none is named: see its model card); "
+            "numbers of earlier weights stay in this file's git history.",
         ]
         if part
     )

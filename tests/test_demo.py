@@ -118,14 +118,24 @@ def test_sift_demo_reconstructs_the_bundled_photos_through_hloc(tmp_path: Path):
 
 @pytest.mark.skipif("hndesc-caps" not in read_registry(), reason="no shipped hndesc-caps weights")
 def test_shipped_caps_verifies_more_matches_than_random_weights(tmp_path: Path):
-    scene = small_scene(tmp_path, 2)
-    reports = []
+    """On the 15 pairs of 6 bundled photos the trained weights beat random ones pair by pair.
+
+    Measured when shipped: 15 of 15 pairs, median 55 inliers against 27 (BENCHMARKS.md rows
+    and the card give the rest); one pair alone sits too near any threshold to test.
+    """
+    import numpy as np
+
+    scene = small_scene(tmp_path, 6)
+    inliers = []
     for spec in (f"hndesc-caps={random_checkpoint('hndesc-caps', tmp_path / 'caps.pth')}", "hndesc-caps"):
         method = parse_method(spec)
         method.conf["model"]["max_keypoints"] = 2000
-        reports.append(run_demo(method, scene, tmp_path / f"out{len(reports)}", sfm=False))
-    random_inliers, shipped_inliers = (r.pairs[0].inliers for r in reports)
-    assert shipped_inliers >= max(30, 2 * random_inliers)
+        report = run_demo(method, scene, tmp_path / f"out{len(inliers)}", sfm=False)
+        inliers.append(np.array([pair.inliers for pair in report.pairs]))
+    random_inliers, shipped_inliers = inliers
+    assert len(shipped_inliers) == 15
+    assert (shipped_inliers > random_inliers).sum() >= 13
+    assert np.median(shipped_inliers) >= max(30, 1.5 * np.median(random_inliers))
 
 
 @pytest.mark.skipif("how" not in read_registry(), reason="no shipped how weights")
