@@ -22,6 +22,7 @@ import numpy as np
 from benchmarks.report import publish, table
 from hloc_hndesc.demo import DEMO_SCENE, run_demo
 from hloc_hndesc.evaluation.methods import parse_method
+from hloc_hndesc.io import list_images
 
 KEY = "demo_pairs"
 TITLE = "Verified matches per pair on the bundled demo photos"
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict[str, np.ndarray]:
         report = run_demo(method, args.scene, args.out / method.key, sfm=False)
         results[method.label] = np.array([pair.inliers for pair in report.pairs], dtype=int)
 
-    names = sorted(p.name for p in (args.scene / "images").iterdir() if p.is_file())
+    names = list_images(args.scene / "images")
     budget = f"at most {args.max_keypoints} keypoints per image" if args.max_keypoints else "each conf's keypoints"
     body = (
         f"Scene `{args.scene.name}`: {len(names)} images, every pair; {budget}; each method at its conf's "

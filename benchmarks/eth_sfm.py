@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pycolmap
 
-from benchmarks.report import table, write_section
+from benchmarks.report import WEIGHTS_NOTE, table, write_section
 from hloc_hndesc.evaluation.datasets import DatasetError, read_strecha_scene
 from hloc_hndesc.evaluation.methods import Method, parse_method
 from hloc_hndesc.evaluation.sfm import (
@@ -115,9 +115,7 @@ def body(results: list[tuple[SfMResult, CameraErrors | None]], camera_model: str
         "(COLMAP's dense stereo needs CUDA); a recent COLMAP (pycolmap 4.1) through hloc; the paper's "
         "R2D2 row used its own keypoint budget (~12K/image, here 5000). Compare rows within this run.",
         "",
-        "Rows of ours use the weights they name (the shipped file when none is named: see its model card); "
-        "numbers of earlier weights stay in this file's git history. Official R2D2 weights run through "
-        "our `hndesc-r2d2` extractor.",
+        f"{WEIGHTS_NOTE} Official R2D2 weights run through our `hndesc-r2d2` extractor.",
     ]
     for scene in dict.fromkeys(r.scene for r, _ in results):
         rows = [_row(r, e) for r, e in results if r.scene == scene]

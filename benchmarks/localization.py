@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import publish, table
+from benchmarks.report import WEIGHTS_NOTE, publish, table
 from hloc_hndesc.evaluation.datasets import read_strecha_scene
 from hloc_hndesc.evaluation.localization import (
     THRESHOLDS,
@@ -200,8 +200,7 @@ def main() -> None:
             f"(seed {args.seed}, one generator per image); the database stays daytime. It is a proxy only: "
             "real day/night localisation (Aachen Day-Night) cannot be measured here, as no real night images "
             "with ground-truth poses are available offline.",
-            "Rows of ours use the weights they name (the shipped file when none is named: see its model card); "
-            "numbers of earlier weights stay in this file's git history.",
+            WEIGHTS_NOTE,
         ]
         if part
     )

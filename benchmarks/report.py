@@ -21,6 +21,11 @@ from hloc_hndesc.files import atomic_path
 from hloc_hndesc.provenance import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
+#: which weights a row of ours used, for sections that compare our confs across versions
+WEIGHTS_NOTE = (
+    "Rows of ours use the weights they name (the shipped file when none is named: see its model card); "
+    "numbers of earlier weights stay in this file's git history."
+)
 T = TypeVar("T")
 
 

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from conftest import random_checkpoint
 
@@ -46,8 +47,6 @@ def test_sift_demo_verifies_and_plots_matches(tmp_path: Path, capsys):
 
 
 def test_verify_pair_rejects_random_matches():
-    import numpy as np
-
     rng = np.random.default_rng(0)
     a = rng.uniform(0, 800, (200, 2))
     assert verify_pair(a, rng.uniform(0, 800, (200, 2))).mean() < 0.3
@@ -123,8 +122,6 @@ def test_shipped_caps_verifies_more_matches_than_random_weights(tmp_path: Path):
     Measured when shipped: 15 of 15 pairs, median 55 inliers against 27 (BENCHMARKS.md rows
     and the card give the rest); one pair alone sits too near any threshold to test.
     """
-    import numpy as np
-
     scene = small_scene(tmp_path, 6)
     inliers = []
     for spec in (f"hndesc-caps={random_checkpoint('hndesc-caps', tmp_path / 'caps.pth')}", "hndesc-caps"):
@@ -141,8 +138,6 @@ def test_shipped_caps_verifies_more_matches_than_random_weights(tmp_path: Path):
 @pytest.mark.skipif("how" not in read_registry(), reason="no shipped how weights")
 def test_shipped_how_shortlists_a_photo_with_its_synthetic_view(tmp_path: Path):
     """A warped, relit copy of one bundled photo must come first in that photo's HOW shortlist."""
-    import numpy as np
-
     scene = small_scene(tmp_path, 4)
     first = sorted((scene / "images").glob("*.jpg"))[0]
     image = cv2.imread(str(first))
