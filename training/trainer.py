@@ -785,7 +785,12 @@ def train(task: Task, conf: Mapping[str, Any] | DictConfig | None = None) -> dic
             logger.addHandler(handler)
         else:
             logger.setLevel(logging.WARNING)
-        return _Trainer(task, conf, info, device).run()
+        summary = _Trainer(task, conf, info, device).run()
+        if info.created:
+            # every process leaves its last collective before any tears the group down: gloo
+            # aborts a process whose peer closes the connection under it
+            dist.barrier()
+        return summary
     finally:
         if handler is not None:
             logger.removeHandler(handler)
