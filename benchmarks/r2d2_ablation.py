@@ -5,9 +5,9 @@
 Each (variant, seed) trains HNDesc-R2D2 from scratch with the same config, number of updates
 and batch (``hloc-hndesc train --config hndesc_r2d2`` with overrides); the variants are
 ``in_pair``, ``in_batch``, ``global`` (HNDesc's "selfgd": the bank pools the network's own
-local descriptors; "gd" with HOW's global descriptors is ``global`` plus
-``mining.bank.source=external mining.bank.global_path=...``) and ``in_batch-nostyle``
-(``data.stylize_probability=0``). Each trained model is measured through the ``hndesc-r2d2``
+local descriptors), ``global-how`` (HNDesc's "gd": the bank ranks photos by HOW's global
+descriptors, an hloc global-features file of the training photos given by ``--how-global``) and
+``in_batch-nostyle`` (``data.stylize_probability=0``). Each trained model is measured through the ``hndesc-r2d2``
 extractor on generated HPatches-style sequences (MMA@3 of mutual nearest neighbours on the
 ``i_`` and ``v_`` sequences, :mod:`benchmarks.homography`'s protocol) and by the trainer's
 final held-out validation (AP, MMA). Rows give mean ± sd over seeds; runs are resumable (a
@@ -34,6 +34,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "in_pair": ("mining.mode=in_pair",),
     "in_batch": ("mining.mode=in_batch",),
     "global": ("mining.mode=global",),
+    "global-how": ("mining.mode=global", "mining.bank.source=external"),
     "in_batch-nostyle": ("mining.mode=in_batch", "data.stylize_probability=0"),
 }
 
@@ -42,6 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="hndesc_r2d2", help="training config (bundled name or YAML)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--how-global", type=Path, default=None,
+        help="hloc global-features h5 of the training photos (keys as the photo pool names them), for global-how",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--steps", type=int, required=True, help="updates per run (the equal budget)")
     parser.add_argument("--sequences", type=Path, required=True, help="HPatches-layout evaluation sequences")
@@ -50,14 +55,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-root", type=Path, default=Path("outputs/r2d2_ablation"))
     parser.add_argument("overrides", nargs="*", help="extra key=value training overrides for every run")
     parser.add_argument("--no-write", action="store_true", help="print the section instead of writing BENCHMARKS.md")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if "global-how" in args.variants and args.how_global is None:
+        parser.error("the global-how variant needs --how-global PATH (HOW global descriptors of the training photos)")
+    return args
 
 
 def run_variant(args: argparse.Namespace, variant: str, seed: int, sequences: list) -> dict[str, float]:
     """Train (or reuse) one run and measure it; returns its row of numbers."""
     out = args.output_root / f"{variant}-s{seed}"
+    extra = [f"mining.bank.global_path={args.how_global}"] if variant == "global-how" else []
     overrides = [
-        *VARIANTS[variant], f"train.seed={seed}", f"data.seed={seed}", f"train.steps={args.steps}",
+        *VARIANTS[variant], *extra, f"train.seed={seed}", f"data.seed={seed}", f"train.steps={args.steps}",
         f"train.output_dir={out}", *args.overrides,
     ]
     metrics, wall = timed_once(out, lambda: train_hndesc_r2d2(load_train_config(args.config, overrides)))

@@ -50,3 +50,45 @@ def test_variants_train_with_their_overrides_and_reruns_reuse_them(data_dir: Pat
     assert (tmp_path / "runs" / "in_batch-s3" / "model.pt").stat().st_mtime_ns == stamp
     assert {v: json.loads((tmp_path / "runs" / f"{v}-s3" / "ablation_wall.json").read_text()) for v in first} == walls
     assert second == first
+
+
+def test_global_how_variant_needs_and_uses_the_how_descriptors(data_dir: Path, tmp_path: Path) -> None:
+    import h5py
+    import numpy as np
+    import pytest
+
+    with pytest.raises(SystemExit):
+        r2d2_ablation.parse_args(["--steps", "1", "--sequences", str(tmp_path), "--variants", "global-how"])
+
+    photos = tmp_path / "train_natural" / "bsd300"
+    photos.mkdir(parents=True)
+    for path in sorted((data_dir / "train_natural" / "bsd300").glob("*.jpg"))[:4]:
+        shutil.copy(path, photos / path.name)
+    how = tmp_path / "how_global.h5"
+    with h5py.File(how, "w") as fd:
+        for i, path in enumerate(sorted(photos.iterdir())):
+            fd.create_dataset(f"train_natural/bsd300/{path.name}/global_descriptor",
+                              data=np.eye(8, dtype=np.float32)[i])
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "task": "hndesc_r2d2",
+        "data": {"image_dirs": [str(photos.parent)], "crop": 64, "max_size": 128, "val_fraction": 0.0,
+                 "stylize_probability": 0.0, "photometric": {"enabled": False}},
+        "model": {"variant": "slim", "mchan": 2},
+        "sampling": {"stride": 8, "border": 4},
+        "mining": {"bank": {"num_neighbours": 2, "locals_per_image": 16}},
+        "bank_image_size": 96,
+        "train": {"batch_size": 2, "log_every": 1, "checkpoint_every": 2, "progress": False, "tensorboard": False},
+    }))
+    sequences = tmp_path / "seqs"
+    make_sequences.main(["--images", str(data_dir / "lightglue_pairs"), "--out", str(sequences),
+                         "--max-side", "96", "--max-photos", "1"])
+    rows = r2d2_ablation.main([
+        "--config", str(config), "--variants", "global-how", "--seeds", "0", "--steps", "2",
+        "--how-global", str(how), "--sequences", str(sequences), "--cache", str(tmp_path / "cache"),
+        "--output-root", str(tmp_path / "runs"), "--no-write",
+    ])
+    mining = torch.load(tmp_path / "runs" / "global-how-s0" / "model.pt", weights_only=True)["meta"]["config"]["mining"]
+    assert mining["mode"] == "global" and mining["bank"]["source"] == "external"
+    assert mining["bank"]["global_path"] == str(how)
+    assert 0.0 <= rows["global-how"][0]["mma_all"] <= 1.0
