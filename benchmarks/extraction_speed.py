@@ -514,8 +514,9 @@ def main() -> None:
         f"load average at the start {load_start:.1f}, at the end {load_end:.1f} ({os.cpu_count()} cores; "
         "other jobs may share them, inflating times). "
         f"{memory_text} time / SIFT: against SIFT at the same size in the same run. {prev_text} "
-        f"{gpu_text}{skip_text} No trained weights are shipped yet: rows run random weights (so R2D2 slim "
-        "finds no keypoint above its 0.7 thresholds), except R2D2 full when `--r2d2-official` is given.\n\n"
+        f"{gpu_text}{skip_text} Rows run random weights of each network (the cost does not depend on "
+        "the weights, but R2D2 slim then finds no keypoint above its 0.7 thresholds), except R2D2 full "
+        "when `--r2d2-official` is given.\n\n"
         + table(HEADER, rows)
     )
     write_section(KEY, "Extraction speed, memory and FLOPs per image", body)

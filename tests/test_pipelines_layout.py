@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -13,12 +14,13 @@ import pytest
 
 from conftest import write_image
 from hloc_hndesc.config import ConfigError
+from hloc_hndesc.features import r2d2 as r2d2_features
 from hloc_hndesc.pipelines import aachen_v1_1, eth_sfm, inloc
 from hloc_hndesc.pipelines.components import SpecError, resolve_features, resolve_retrieval
 from hloc_hndesc.pipelines.layout import LayoutError, check_aachen, check_image_folder, check_inloc
 from hloc_hndesc.pipelines.runner import build_parser, load_settings
 from hloc_hndesc.pipelines.steps import Steps, discard_incomplete_groups
-from hloc_hndesc.weights import read_registry
+from hloc_hndesc.weights import read_registry, shipped_weights
 
 IMAGE = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
 
@@ -131,9 +133,13 @@ def test_settings_defaults_file_and_options(tmp_path):
         load_settings("aachen_v1_1", parser.parse_args(["--dataset", "d", "--outputs", "o", "--config", str(user)]))
 
 
-def test_feature_and_retrieval_specs():
-    with pytest.raises(SpecError, match="weights"):
-        resolve_features("hndesc-r2d2")  # no shipped weights yet: refused before any heavy step
+def test_feature_and_retrieval_specs(tmp_path, monkeypatch):
+    with monkeypatch.context() as patch:  # no shipped weights (empty checkpoint folder): refused up front
+        patch.setattr(r2d2_features, "shipped_weights", functools.partial(shipped_weights, root=tmp_path))
+        with pytest.raises(SpecError, match="weights"):
+            resolve_features("hndesc-r2d2")
+    if "hndesc-r2d2" in read_registry():
+        assert resolve_features("hndesc-r2d2").method.weights is None  # the shipped file, checked
     with pytest.raises(SpecError, match="not found"):
         resolve_features("hynet=/no/such/file.pth")
     if "hynet" in read_registry():

@@ -23,7 +23,7 @@ from hloc_hndesc.models.r2d2 import (
     parse_official_net_name,
     r2d2_from_official_checkpoint,
 )
-from hloc_hndesc.weights import NoWeightsError, WeightsError, save_checkpoint, shipped_weights
+from hloc_hndesc.weights import NoWeightsError, WeightsError, read_registry, save_checkpoint, shipped_weights
 
 OFFICIAL_KEYS_FULL = {f"ops.{i}.weight" for i in (0, 3, 6, 9, 12, 15, 18, 20, 22)}
 OFFICIAL_BN_FULL = {f"ops.{i}.running_mean" for i in (1, 4, 7, 10, 13, 16, 19, 21)}
@@ -265,6 +265,15 @@ def test_no_weights_raises(tmp_path, monkeypatch):
         R2D2Extractor()
     with pytest.raises(NoWeightsError, match="hndesc-r2d2-slim"):
         R2D2Extractor({"variant": "slim"})
+
+
+@pytest.mark.skipif("hndesc-r2d2" not in read_registry(), reason="no shipped hndesc-r2d2 weights")
+def test_default_weights_are_the_shipped_slim_checkpoint():
+    auto, slim = R2D2Extractor(), R2D2Extractor({"variant": "slim"})
+    assert auto.weights_path == slim.weights_path == shipped_weights("hndesc-r2d2")
+    assert auto.arch == {"arch": "r2d2", "variant": "slim", "mchan": 4, "dim": 128}
+    with pytest.raises(WeightsError, match="slim"):
+        R2D2Extractor({"variant": "full"})  # no full network is shipped: refused, not substituted
 
 
 def test_flat_and_tiny_images_give_valid_empty_result(tmp_path):
