@@ -6,6 +6,9 @@ import json
 import shutil
 from pathlib import Path
 
+import h5py
+import numpy as np
+import pytest
 import torch
 import yaml
 
@@ -53,10 +56,6 @@ def test_variants_train_with_their_overrides_and_reruns_reuse_them(data_dir: Pat
 
 
 def test_global_how_variant_needs_and_uses_the_how_descriptors(data_dir: Path, tmp_path: Path) -> None:
-    import h5py
-    import numpy as np
-    import pytest
-
     with pytest.raises(SystemExit):
         r2d2_ablation.parse_args(["--steps", "1", "--sequences", str(tmp_path), "--variants", "global-how"])
 
