@@ -42,7 +42,10 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="hndesc_r2d2", help="training config (bundled name or YAML)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+        help="variants to run (it takes every following word: give key=value overrides before it or after --)",
+    )
     parser.add_argument(
         "--how-global", type=Path, default=None,
         help="hloc global-features h5 of the training photos (keys as the photo pool names them), for global-how",

@@ -15,7 +15,8 @@ import yaml
 from benchmarks import make_sequences, r2d2_ablation
 
 
-def test_variants_train_with_their_overrides_and_reruns_reuse_them(data_dir: Path, tmp_path: Path) -> None:
+def tiny_inputs(data_dir: Path, tmp_path: Path, data: dict, **conf: object) -> tuple[Path, Path, Path]:
+    """4 training photos, a tiny HNDesc-R2D2 config (``data`` and ``conf`` entries on top) and 1 sequence."""
     photos = tmp_path / "train_natural" / "bsd300"
     photos.mkdir(parents=True)
     for path in sorted((data_dir / "train_natural" / "bsd300").glob("*.jpg"))[:4]:
@@ -23,16 +24,23 @@ def test_variants_train_with_their_overrides_and_reruns_reuse_them(data_dir: Pat
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({
         "task": "hndesc_r2d2",
-        "data": {"image_dirs": [str(photos.parent)], "crop": 64, "max_size": 128, "val_fraction": 0.3,
-                 "stylize_probability": 1.0, "photometric": {"enabled": False}},
+        "data": {"image_dirs": [str(photos.parent)], "crop": 64, "max_size": 128, "photometric": {"enabled": False},
+                 **data},
         "model": {"variant": "slim", "mchan": 2},
         "sampling": {"stride": 8, "border": 4},
-        "validation": {"pairs": 1, "keypoints": 32},
         "train": {"batch_size": 2, "log_every": 1, "checkpoint_every": 2, "progress": False, "tensorboard": False},
+        **conf,
     }))
     sequences = tmp_path / "seqs"
     make_sequences.main(["--images", str(data_dir / "lightglue_pairs"), "--out", str(sequences),
                          "--max-side", "96", "--max-photos", "1"])
+    return photos, config, sequences
+
+
+def test_variants_train_with_their_overrides_and_reruns_reuse_them(data_dir: Path, tmp_path: Path) -> None:
+    _, config, sequences = tiny_inputs(
+        data_dir, tmp_path, {"val_fraction": 0.3, "stylize_probability": 1.0}, validation={"pairs": 1, "keypoints": 32}
+    )
     argv = [
         "--config", str(config), "--variants", "in_batch", "in_batch-nostyle", "--seeds", "3", "--steps", "2",
         "--sequences", str(sequences), "--cache", str(tmp_path / "cache"),
@@ -59,29 +67,15 @@ def test_global_how_variant_needs_and_uses_the_how_descriptors(data_dir: Path, t
     with pytest.raises(SystemExit):
         r2d2_ablation.parse_args(["--steps", "1", "--sequences", str(tmp_path), "--variants", "global-how"])
 
-    photos = tmp_path / "train_natural" / "bsd300"
-    photos.mkdir(parents=True)
-    for path in sorted((data_dir / "train_natural" / "bsd300").glob("*.jpg"))[:4]:
-        shutil.copy(path, photos / path.name)
+    photos, config, sequences = tiny_inputs(
+        data_dir, tmp_path, {"val_fraction": 0.0, "stylize_probability": 0.0},
+        mining={"bank": {"num_neighbours": 2, "locals_per_image": 16}}, bank_image_size=96,
+    )
     how = tmp_path / "how_global.h5"
     with h5py.File(how, "w") as fd:
         for i, path in enumerate(sorted(photos.iterdir())):
             fd.create_dataset(f"train_natural/bsd300/{path.name}/global_descriptor",
                               data=np.eye(8, dtype=np.float32)[i])
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({
-        "task": "hndesc_r2d2",
-        "data": {"image_dirs": [str(photos.parent)], "crop": 64, "max_size": 128, "val_fraction": 0.0,
-                 "stylize_probability": 0.0, "photometric": {"enabled": False}},
-        "model": {"variant": "slim", "mchan": 2},
-        "sampling": {"stride": 8, "border": 4},
-        "mining": {"bank": {"num_neighbours": 2, "locals_per_image": 16}},
-        "bank_image_size": 96,
-        "train": {"batch_size": 2, "log_every": 1, "checkpoint_every": 2, "progress": False, "tensorboard": False},
-    }))
-    sequences = tmp_path / "seqs"
-    make_sequences.main(["--images", str(data_dir / "lightglue_pairs"), "--out", str(sequences),
-                         "--max-side", "96", "--max-photos", "1"])
     rows = r2d2_ablation.main([
         "--config", str(config), "--variants", "global-how", "--seeds", "0", "--steps", "2",
         "--how-global", str(how), "--sequences", str(sequences), "--cache", str(tmp_path / "cache"),
