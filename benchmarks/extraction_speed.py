@@ -17,8 +17,9 @@ Per row and image size (longer side, ``--sizes``), on one device (CUDA if availa
 - previous s/image: the same row label and size in the section this script wrote last
   time in BENCHMARKS.md (read before it is replaced).
 
-Network weights do not change FLOPs or time (except R2D2's keypoint count, hence the
-option to run official R2D2 weights); models without given weights run random weights.
+Network weights do not change FLOPs, and time only through the number of keypoints (R2D2's
+detector): rows run the shipped weights of their network where one is shipped, the full R2D2
+the official weights when ``--r2d2-official`` is given, random weights otherwise.
 """
 
 from __future__ import annotations
@@ -334,6 +335,25 @@ def _random_weights(label: str, conf_name: str, folder: Path) -> Path:
     return path
 
 
+def row_extractor(
+    label: str, conf_name: str, model: dict, folder: Path, official: Path | None
+) -> tuple[torch.nn.Module, str]:
+    """The extractor of a row and the kind of its weights: the shipped file of the network where
+    one exists (not for the full R2D2: the shipped one is slim), the official R2D2 weights for the
+    full network when given, random weights otherwise."""
+    from hloc_hndesc.confs import build_extractor
+    from hloc_hndesc.weights import NoWeightsError
+
+    if conf_name == "hndesc-r2d2" and "full" in label:
+        if official:
+            return build_extractor(model, weights=str(official)), "official"
+        return build_extractor(model, weights=str(_random_weights(label, conf_name, folder))), "random"
+    try:
+        return build_extractor(model), "shipped"
+    except NoWeightsError:
+        return build_extractor(model, weights=str(_random_weights(label, conf_name, folder))), "random"
+
+
 def _load(folder: Path, names: list[str], size: int, grayscale: bool) -> list[torch.Tensor]:
     """Images resized (down or up) so that the longer side is ``size``, as (1, C, H, W) float."""
     from hloc_hndesc.io import read_image, resize_max
@@ -428,7 +448,7 @@ def main() -> None:
         return any(s.rsplit("@", 1)[0] in label and s.rsplit("@", 1)[1] == str(size) for s in args.skip if "@" in s)
 
     images = {(s, g): _load(args.images, names, s, g) for s in args.sizes for g in (True, False)}
-    rows, sift, capped = [], {}, {}
+    rows, sift, capped, kinds = [], {}, {}, {}
     for size in args.sizes:
         grey = [x.to(device) for x in images[(size, True)]]
         r = measure(lambda im: extract_sift(im), grey, device, flops=False, memory_device="cpu")
@@ -441,10 +461,8 @@ def main() -> None:
                 continue
             conf = get_conf(conf_name)
             model = {**conf["model"], **overrides}
-            weights = _random_weights(label, conf_name, Path(tmp))
-            if conf_name == "hndesc-r2d2" and args.r2d2_official and "full" in label:
-                weights = args.r2d2_official
-            extractor = build_extractor(model, weights=str(weights)).eval().to(device)
+            extractor, kinds[label] = row_extractor(label, conf_name, model, Path(tmp), args.r2d2_official)
+            extractor = extractor.eval().to(device)
             max_size = extractor.conf.get("max_size")
             if max_size and max_size < max(args.sizes):
                 capped[label] = max_size
@@ -514,9 +532,8 @@ def main() -> None:
         f"load average at the start {load_start:.1f}, at the end {load_end:.1f} ({os.cpu_count()} cores; "
         "other jobs may share them, inflating times). "
         f"{memory_text} time / SIFT: against SIFT at the same size in the same run. {prev_text} "
-        f"{gpu_text}{skip_text} Rows run random weights of each network (the cost does not depend on "
-        "the weights, but R2D2 slim then finds no keypoint above its 0.7 thresholds), except R2D2 full "
-        "when `--r2d2-official` is given.\n\n"
+        f"{gpu_text}{skip_text} Weights per row (FLOPs do not depend on them, time only through R2D2's "
+        f"keypoint count): {', '.join(f'{k}: {v}' for k, v in kinds.items())}.\n\n"
         + table(HEADER, rows)
     )
     write_section(KEY, "Extraction speed, memory and FLOPs per image", body)

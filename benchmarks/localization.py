@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ from benchmarks.report import WEIGHTS_NOTE, publish, table
 from hloc_hndesc.evaluation.datasets import read_strecha_scene
 from hloc_hndesc.evaluation.localization import (
     THRESHOLDS,
+    LocalizationSummary,
     exhaustive_pairs,
     evaluate,
     localize,
@@ -64,34 +66,66 @@ HEADER = [
 ]
 
 
+@dataclass
+class ConditionScore:
+    """One method under one query condition: the recall summary, median PnP inliers, reference points."""
+
+    summary: LocalizationSummary
+    median_inliers: int
+    reference_points: int
+
+
+def query_conditions(
+    scene: Path, step: int, offset: int, seed: int, outputs: Path, night: bool = True
+) -> tuple[tuple[list[str], list[str]], dict[str, tuple[Path, dict[str, str]]]]:
+    """The database/query split of ``scene`` and its query conditions: plain, and synthetic night
+    (rendered once under ``outputs``) unless ``night`` is false."""
+    names = [c.name for c in read_strecha_scene(scene)]
+    split = split_database_queries(names, step, offset)
+    queries = split[1]
+    conditions = {"plain": (scene / "images", {q: q for q in queries})}
+    if night:
+        night_dir, night_names = write_night_queries(scene / "images", queries, outputs / scene.name, seed)
+        conditions["synthetic night"] = (night_dir, night_names)
+    return split, conditions
+
+
 def run_method(
     method: Method,
-    args: argparse.Namespace,
     scene: Path,
     conditions: dict[str, tuple[Path, dict[str, str]]],
     split: tuple[list[str], list[str]],
-) -> tuple[list[list[object]], float]:
-    """Reference model and localisation of every query condition for one method: table rows, point depth."""
+    outputs: Path,
+    cache: Path,
+) -> tuple[dict[str, ConditionScore], float]:
+    """Reference model and localisation of every query condition for one method: scores, point depth.
+
+    Matches, the reference model and the poses go to ``outputs / method.key``; features to ``cache``.
+    """
     cameras = {c.name: c for c in read_strecha_scene(scene)}
     database, queries = split
     image_dir = scene / "images"
-    out = args.outputs / scene.name / f"split-s{args.step}o{args.offset}" / method.key
+    out = outputs / method.key
     start = time.perf_counter()
-    db_features = method.extract(image_dir, sorted(cameras), feature_cache(args.cache, image_dir))
+    db_features = method.extract(image_dir, sorted(cameras), feature_cache(cache, image_dir))
     db_pairs = write_pairs(out / "pairs-db.txt", exhaustive_pairs(database))
     db_matches = match_pairs(method.matcher, db_pairs, db_features, out / "matches-db.h5")
     reference = triangulate_reference(
         reference_from_ground_truth([cameras[n] for n in database]), out / "reference", image_dir, db_pairs, db_features, db_matches
     )
-    depth = median_point_depth(reference)
-    rows = []
+    depth = median_point_depth(reference) if reference.num_points3D() else float("nan")
+    scores = {}
     for condition, (query_dir, names) in conditions.items():
-        query_features = method.extract(query_dir, sorted(names.values()), feature_cache(args.cache, query_dir))
+        query_features = method.extract(query_dir, sorted(names.values()), feature_cache(cache, query_dir))
         tag = feature_cache(".", query_dir).name
         pairs = write_pairs(out / tag / "pairs-loc.txt", exhaustive_pairs(sorted(names.values()), database))
         matches = match_pairs(method.matcher, pairs, query_features, out / tag / "matches-loc.h5", features_ref=db_features)
         query_cameras = {names[q]: pinhole_camera(cameras[q]) for q in queries}
-        results = localize(reference, query_cameras, pairs, query_features, matches, out / tag / "results.txt")
+        results = (
+            localize(reference, query_cameras, pairs, query_features, matches, out / tag / "results.txt")
+            if reference.num_points3D()
+            else {}
+        )
         truth = {names[q]: cameras[q].cam_from_world for q in queries}
         summary = evaluate(results, truth)
         inliers = [r.num_inliers for r in results.values()]
@@ -104,20 +138,26 @@ def run_method(
             summary.median_rotation_error,
             {n: (round(r.position_error, 3), round(r.rotation_error, 2), r.num_inliers) for n, r in results.items()},
         )
-        rows.append(
-            [
-                method.label,
-                condition,
-                *(f"{100 * v:.1f}" for v in summary.recall),
-                f"{summary.median_position_error:.3f}",
-                f"{summary.median_rotation_error:.3f}",
-                summary.num_failed,
-                int(np.median(inliers)) if inliers else 0,
-                reference.num_points3D(),
-            ]
-        )
+        scores[condition] = ConditionScore(summary, int(np.median(inliers)) if inliers else 0, reference.num_points3D())
     logging.info("%s done in %.0f s (median point depth %.1f m)", method.label, time.perf_counter() - start, depth)
-    return rows, depth
+    return scores, depth
+
+
+def method_rows(label: str, scores: dict[str, ConditionScore]) -> list[list[object]]:
+    """Table rows (:data:`HEADER`) of one method, one per query condition."""
+    return [
+        [
+            label,
+            condition,
+            *(f"{100 * v:.1f}" for v in score.summary.recall),
+            f"{score.summary.median_position_error:.3f}",
+            f"{score.summary.median_rotation_error:.3f}",
+            score.summary.num_failed,
+            score.median_inliers,
+            score.reference_points,
+        ]
+        for condition, score in scores.items()
+    ]
 
 
 def scale_text(scene: Path, split: tuple, depth: float) -> str:
@@ -170,17 +210,14 @@ def main() -> None:
     scene_cameras = read_strecha_scene(scene)
     names = [c.name for c in scene_cameras]
     width, height = scene_cameras[0].size
-    split = split_database_queries(names, args.step, args.offset)
+    split, conditions = query_conditions(scene, args.step, args.offset, args.seed, args.outputs, not args.no_night)
     database, queries = split
-    conditions = {"plain": (scene / "images", {q: q for q in queries})}
-    if not args.no_night:
-        night_dir, night_names = write_night_queries(scene / "images", queries, args.outputs / scene.name, args.seed)
-        conditions["synthetic night"] = (night_dir, night_names)
+    split_outputs = args.outputs / scene.name / f"split-s{args.step}o{args.offset}"
 
     rows, depth = [], float("nan")
     for method in methods:
-        method_rows, method_depth = run_method(method, args, scene, conditions, split)
-        rows += method_rows
+        scores, method_depth = run_method(method, scene, conditions, split, split_outputs, args.cache)
+        rows += method_rows(method.label, scores)
         depth = method_depth if np.isnan(depth) else depth
 
     body = "\n\n".join(

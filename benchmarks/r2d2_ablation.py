@@ -2,30 +2,38 @@
 
     python -m benchmarks.r2d2_ablation --steps 300 --sequences outputs/sequences --max-sequences 3
 
-Each (variant, seed) trains HNDesc-R2D2 from scratch with the same config, number of updates
-and batch (``hloc-hndesc train --config hndesc_r2d2`` with overrides); the variants are
-``in_pair``, ``in_batch``, ``global`` (HNDesc's "selfgd": the bank pools the network's own
-local descriptors), ``global-how`` (HNDesc's "gd": the bank ranks photos by HOW's global
-descriptors, an hloc global-features file of the training photos given by ``--how-global``) and
-``in_batch-nostyle`` (``data.stylize_probability=0``). Each trained model is measured through the ``hndesc-r2d2``
-extractor on generated HPatches-style sequences (MMA@3 of mutual nearest neighbours on the
-``i_`` and ``v_`` sequences, :mod:`benchmarks.homography`'s protocol) and by the trainer's
-final held-out validation (AP, MMA). Rows give mean ± sd over seeds; runs are resumable (a
-finished run is not retrained).
+Each (variant, seed) trains HNDesc-R2D2 from scratch with the same config, number of updates and
+batch (``hloc-hndesc train --config hndesc_r2d2`` with overrides); the variants are ``in_pair``,
+``in_batch``, ``global`` (HNDesc's "selfgd": the bank pools the network's own local
+descriptors), ``global-how`` (HNDesc's "gd": the bank ranks photos by HOW's global descriptors,
+an hloc global-features file of the training photos given by ``--how-global``), ``in_batch-nostyle``
+and ``in_pair-nostyle`` (``data.stylize_probability=0``). Each trained model is
+measured through the ``hndesc-r2d2`` extractor on generated HPatches-style sequences (MMA@3 of
+mutual nearest neighbours on the ``i_`` and ``v_`` sequences, :mod:`benchmarks.homography`'s
+protocol) and by the trainer's final held-out validation (AP, MMA). The ``i_`` sequences' last
+image is a synthetic night (:func:`hloc_hndesc.evaluation.synthetic.render_night`): its MMA is a
+column of its own. With ``--localization SCENE`` each model also localises the plain and
+synthetic-night queries of a Strecha scene (:mod:`benchmarks.localization`'s protocol). Rows
+give mean ± sd over seeds; runs are resumable (a finished run is not retrained, features and
+matches are cached).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from pathlib import Path
 
+from benchmarks.localization import query_conditions, run_method
 from benchmarks.report import mean_sd, publish, table, timed_once
 from hloc_hndesc.evaluation.datasets import list_sequences
 from hloc_hndesc.evaluation.homography import MMA_THRESHOLDS, evaluate_method, select_sequences, summarize
 from hloc_hndesc.evaluation.methods import parse_method
+from hloc_hndesc.files import atomic_path
 from hloc_hndesc.training.r2d2 import train_hndesc_r2d2
 from hloc_hndesc.training.tasks import load_train_config
+from hloc_hndesc.weights import sha256sum
 
 KEY = "r2d2_ablation"
 TITLE = "HNDesc-R2D2 ablation: mining and stylization at equal budget (issue 7)"
@@ -36,6 +44,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "global": ("mining.mode=global",),
     "global-how": ("mining.mode=global", "mining.bank.source=external"),
     "in_batch-nostyle": ("mining.mode=in_batch", "data.stylize_probability=0"),
+    "in_pair-nostyle": ("mining.mode=in_pair", "data.stylize_probability=0"),
 }
 
 
@@ -56,12 +65,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-sequences", type=int, default=None, help="at most this many sequences per kind")
     parser.add_argument("--cache", type=Path, default=Path("outputs/cache"), help="shared feature cache")
     parser.add_argument("--output-root", type=Path, default=Path("outputs/r2d2_ablation"))
+    parser.add_argument(
+        "--localization", type=Path, default=None, metavar="SCENE",
+        help="also localise plain and synthetic-night queries of this Strecha scene with every model",
+    )
     parser.add_argument("overrides", nargs="*", help="extra key=value training overrides for every run")
     parser.add_argument("--no-write", action="store_true", help="print the section instead of writing BENCHMARKS.md")
     args = parser.parse_args(argv)
     if "global-how" in args.variants and args.how_global is None:
         parser.error("the global-how variant needs --how-global PATH (HOW global descriptors of the training photos)")
     return args
+
+
+#: the target image of the ``i_`` sequences that is rendered as night
+NIGHT_TARGET = 6
+
+
+def localization_scores(args: argparse.Namespace, weights: Path, label: str, record: Path) -> dict[str, float]:
+    """Night recall at the tightest and loosest thresholds and median PnP inliers (plain and night)
+    of one model on ``args.localization``; kept in the JSON file ``record`` with the weights'
+    sha256, and read back from there while the weights are unchanged."""
+    scene = args.localization
+    digest = sha256sum(weights)
+    if record.is_file():
+        stored = json.loads(record.read_text())
+        if stored.get("weights_sha256") == digest:
+            return stored["scores"]
+    # split step 3, offset 2 and night seed 0: benchmarks.localization's defaults
+    split, conditions = query_conditions(scene, 3, 2, 0, args.output_root / "localization")
+    method = parse_method(f"hndesc-r2d2={weights}")
+    scores, _ = run_method(method, scene, conditions, split, args.output_root / "localization" / label, args.cache)
+    night, plain = scores["synthetic night"], scores["plain"]
+    result = {
+        "night_recall_tight": 100 * float(night.summary.recall[0]),
+        "night_recall_loose": 100 * float(night.summary.recall[-1]),
+        "night_inliers": night.median_inliers,
+        "plain_inliers": plain.median_inliers,
+    }
+    with atomic_path(record) as tmp:
+        tmp.write_text(json.dumps({"weights_sha256": digest, "scores": result}))
+    return result
 
 
 def run_variant(args: argparse.Namespace, variant: str, seed: int, sequences: list) -> dict[str, float]:
@@ -84,7 +127,23 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, sequences: li
         summary = summarize(results, kind)
         row[f"mma_{kind}"] = float(summary.mma[column]) if summary else float("nan")
         row[f"matches_{kind}"] = summary.mean_matches if summary else float("nan")
+    night = summarize(results, "i", NIGHT_TARGET)
+    row["mma_night"] = float(night.mma[column]) if night else float("nan")
+    if args.localization is not None:
+        record = out / f"localization-{args.localization.name}.json"
+        row |= localization_scores(args, out / "model.pt", f"{variant}-s{seed}", record)
     return row
+
+
+def localization_text(args: argparse.Namespace) -> str:
+    """The localisation protocol in a sentence, or nothing without ``--localization``."""
+    if args.localization is None:
+        return ""
+    return (
+        f" Localisation: `{args.localization.name}` as `benchmarks.localization` (ground-truth reference "
+        "triangulated from the database, every query against every database image, hloc's PnP; the "
+        "queries plain and as synthetic night, seed 0); recall in %, median PnP inliers."
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[dict[str, float]]]:
@@ -98,11 +157,13 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, float]]]:
             results.setdefault(variant, []).append(row)
             print(f"{variant} seed {seed}: {row}")
 
+    localization = ["night_recall_tight", "night_recall_loose", "night_inliers", "plain_inliers"]
     rows = [
         [
             variant, len(items), mean_sd([r["val_ap"] for r in items]), mean_sd([r["val_mma"] for r in items]),
-            *(mean_sd([r[f"mma_{k}"] for r in items]) for k in ("i", "v", "all")),
+            *(mean_sd([r[f"mma_{k}"] for r in items]) for k in ("i", "v", "all", "night")),
             f"{statistics.fmean(r['matches_all'] for r in items):.0f}",
+            *((mean_sd([r[k] for r in items], digits=0) for k in localization) if args.localization else ()),
             f"{statistics.fmean(r['wall'] for r in items):.0f}",
         ]
         for variant, items in results.items()
@@ -114,10 +175,14 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, float]]]:
         f"{args.seeds} (training and data). Held-out: the trainer's final validation on synthetic pairs of "
         f"the held-out training photos (AP of the sampled grid, MMA@3 of the top keypoints). Evaluation: "
         f"{kinds.count('i')} `i_` and {kinds.count('v')} `v_` sequences of `{args.sequences}`, each model "
-        f"through the `hndesc-r2d2` extractor, MMA@3 px with mutual nearest neighbours. mean ± sd over seeds.",
+        f"through the `hndesc-r2d2` extractor, MMA@3 px with mutual nearest neighbours; \"night\" is the "
+        f"`i_` pairs 1→{NIGHT_TARGET}, whose target is a synthetic night.{localization_text(args)} mean ± sd over seeds.",
         "",
         table(["variant", "seeds", "held-out AP", "held-out MMA@3", "MMA@3 i", "MMA@3 v", "MMA@3 all",
-               "matches / pair", "s / run"], rows),
+               "MMA@3 night", "matches / pair",
+               *(["night recall 0.25 m, 2°", "night recall 5 m, 10°", "night PnP inliers", "day PnP inliers"]
+                 if args.localization else []),
+               "s / run"], rows),
     ])
     publish(KEY, TITLE, body, args.no_write)
     return results

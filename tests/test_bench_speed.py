@@ -10,6 +10,7 @@ import torch
 from benchmarks.extraction_speed import (
     SIFT_LABEL,
     PeakRSS,
+    row_extractor,
     count_gflop,
     format_row,
     matmul_flops,
@@ -22,6 +23,8 @@ from benchmarks.extraction_speed import (
     section_meta,
     section_text,
 )
+from hloc_hndesc.confs import get_conf
+from hloc_hndesc.weights import shipped_weights
 
 MIB = 2**20
 
@@ -154,3 +157,14 @@ def test_format_row_rates() -> None:
     assert row == ["X", "1024", "100.0", "2.000", "4.49", "2048", "512", "50.0", "25", "200", "4.0"]
     sift = format_row(SIFT_LABEL, 640, {"gflop": None, "seconds": 0.5, "keypoints": None, "peak_mib": 3.0}, 200.0, 0.5, None)
     assert sift == [SIFT_LABEL, "640", "-", "0.500", "-", "-", "3", "-", "-", "-", "1.0"]
+
+
+def test_rows_run_shipped_weights_and_the_full_r2d2_official_or_random(tmp_path):
+    r2d2 = get_conf("hndesc-r2d2")["model"]
+    slim, kind = row_extractor("HNDesc-R2D2 slim (mchan 4)", "hndesc-r2d2", r2d2, tmp_path, None)
+    shipped = torch.load(shipped_weights("hndesc-r2d2"), weights_only=True)["state_dict"]
+    assert kind == "shipped" and all(torch.equal(slim.net.state_dict()[k], v) for k, v in shipped.items())
+    full, kind = row_extractor("HNDesc-R2D2 full", "hndesc-r2d2", r2d2, tmp_path, None)
+    assert kind == "random" and full.net.arch.variant == "full"
+    hynet, kind = row_extractor("HyNet (DoG, top 2048)", "hynet", get_conf("hynet")["model"], tmp_path, None)
+    assert kind == "shipped"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 
 import cv2
+import h5py
 import numpy as np
 import pycolmap
 import pytest
@@ -234,3 +235,24 @@ def test_small_hloc_localisation_with_sift(tmp_path, herz_jesu):
     np.testing.assert_allclose(summary.recall, [1.0, 1.0, 1.0])
     for result in results.values():
         assert result.position_error < 0.1 and result.rotation_error < 0.5
+
+
+@pytest.mark.hloc
+def test_reference_without_any_match_comes_back_without_points(tmp_path, herz_jesu):
+    pytest.importorskip("hloc", reason="hloc is not installed (peer dependency, not on PyPI)")
+    from hloc_hndesc.evaluation.localization import count_matches, triangulate_reference
+
+    cameras = read_strecha_scene(herz_jesu)[:2]
+    matches = tmp_path / "matches.h5"
+    with h5py.File(matches, "w") as fd:
+        fd.create_dataset(f"{cameras[0].name}/{cameras[1].name}/matches0", data=np.full(5, -1, np.int32))
+    assert count_matches(matches) == 0
+    reference = triangulate_reference(
+        reference_from_ground_truth(cameras), tmp_path / "ref", herz_jesu / "images", tmp_path / "pairs.txt",
+        tmp_path / "features.h5", matches,
+    )
+    assert reference.num_points3D() == 0 and reference.num_images() == 2
+    assert not (tmp_path / "ref" / "sfm").exists()  # hloc's triangulation was not called
+    with h5py.File(matches, "a") as fd:
+        fd[f"{cameras[0].name}/{cameras[1].name}/matches0"][2] = 4
+    assert count_matches(matches) == 1

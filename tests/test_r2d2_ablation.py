@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import h5py
 import numpy as np
 import pytest
@@ -13,6 +14,9 @@ import torch
 import yaml
 
 from benchmarks import make_sequences, r2d2_ablation
+from hloc_hndesc.evaluation.datasets import read_strecha_scene
+from hloc_hndesc.evaluation.localization import rescale_camera
+from hloc_hndesc.weights import shipped_weights
 
 
 def tiny_inputs(data_dir: Path, tmp_path: Path, data: dict, **conf: object) -> tuple[Path, Path, Path]:
@@ -85,3 +89,57 @@ def test_global_how_variant_needs_and_uses_the_how_descriptors(data_dir: Path, t
     assert mining["mode"] == "global" and mining["bank"]["source"] == "external"
     assert mining["bank"]["global_path"] == str(how)
     assert 0.0 <= rows["global-how"][0]["mma_all"] <= 1.0
+
+
+def small_strecha_scene(source: Path, out: Path, count: int = 6, scale: float = 0.375) -> Path:
+    """The first ``count`` images of a Strecha scene at ``scale`` (1536x1024 -> 576x384) with their
+    rescaled ground-truth cameras, in the Strecha layout."""
+    (out / "images").mkdir(parents=True)
+    (out / "cameras").mkdir()
+    for camera in read_strecha_scene(source)[:count]:
+        small = rescale_camera(camera, scale)
+        full = cv2.imread(str(source / "images" / camera.name))
+        cv2.imwrite(str(out / "images" / camera.name), cv2.resize(full, small.size, interpolation=cv2.INTER_AREA))
+        lines = [*(" ".join(f"{v:.9g}" for v in row) for row in small.K), "0 0 0",
+                 *(" ".join(f"{v:.9g}" for v in row) for row in small.R), " ".join(f"{v:.9g}" for v in small.center),
+                 f"{small.size[0]} {small.size[1]}"]
+        (out / "cameras" / f"{camera.name}.camera").write_text("\n".join(lines) + "\n")
+    return out
+
+
+@pytest.mark.hloc
+@pytest.mark.slow
+def test_localization_scores_of_the_shipped_model_and_ablation_columns(data_dir: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("hloc", reason="hloc is not installed (peer dependency, not on PyPI)")
+    pytest.importorskip("hloc.localize_sfm", reason="hloc is installed but its localize_sfm does not import")
+    source = data_dir / "strecha" / "Herz-Jesu-P25"
+    if not source.is_dir():
+        pytest.skip(f"{source} not found")
+    scene = small_strecha_scene(source, tmp_path / "scene")
+    assert [c.size for c in read_strecha_scene(scene)] == [(576, 384)] * 6
+
+    args = r2d2_ablation.parse_args([
+        "--steps", "1", "--sequences", str(tmp_path), "--localization", str(scene),
+        "--cache", str(tmp_path / "cache"), "--output-root", str(tmp_path / "runs"), "--variants", "in_pair",
+    ])
+    record = tmp_path / "shipped-localization.json"
+    shipped = r2d2_ablation.localization_scores(args, shipped_weights("hndesc-r2d2"), "shipped", record)
+    # queries 0002 and 0005 between database cameras 0-1, 3-4: the shipped model localises both
+    assert shipped["night_recall_tight"] == shipped["night_recall_loose"] == 100.0
+    assert shipped["plain_inliers"] > 100 and 0 < shipped["night_inliers"] < shipped["plain_inliers"]
+    # the record is reused for the same weights (a wrong stored score proves it was not recomputed)
+    stored = json.loads(record.read_text())
+    stored["scores"]["night_inliers"] = -1
+    record.write_text(json.dumps(stored))
+    assert r2d2_ablation.localization_scores(args, shipped_weights("hndesc-r2d2"), "shipped", record)["night_inliers"] == -1
+
+    _, config, sequences = tiny_inputs(data_dir, tmp_path, {"val_fraction": 0.0, "stylize_probability": 0.0})
+    rows = r2d2_ablation.main([
+        "--config", str(config), "--variants", "in_pair", "--seeds", "0", "--steps", "2", "--sequences",
+        str(sequences), "--localization", str(scene), "--cache", str(tmp_path / "cache"),
+        "--output-root", str(tmp_path / "runs"), "--no-write",
+    ])
+    row = rows["in_pair"][0]
+    assert 0.0 <= row["mma_night"] <= 1.0 and 0.0 <= row["night_recall_tight"] <= row["night_recall_loose"] <= 100.0
+    printed = capsys.readouterr().out
+    assert "night recall 0.25 m, 2°" in printed and "MMA@3 night" in printed and "Localisation: `scene`" in printed

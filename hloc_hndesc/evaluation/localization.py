@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+import h5py
 import numpy as np
 import pycolmap
 
+from .. import logger
 from ..files import atomic_path
 from .datasets import StrechaCamera
 from .matching import hloc_matcher_conf
@@ -326,6 +328,20 @@ def match_pairs(
     return match_features.main(hloc_matcher_conf(matcher), pairs, features, matches=matches, features_ref=features_ref)
 
 
+def count_matches(matches: str | Path) -> int:
+    """Matched keypoints over every pair of an hloc matches file (``matches0`` entries > -1)."""
+    total = 0
+
+    def visit(name: str, node: object) -> None:
+        nonlocal total
+        if name.endswith("matches0") and isinstance(node, h5py.Dataset):
+            total += int((node[()] > -1).sum())
+
+    with h5py.File(matches, "r") as fd:
+        fd.visititems(visit)
+    return total
+
+
 def triangulate_reference(
     reference: pycolmap.Reconstruction,
     out_dir: str | Path,
@@ -337,10 +353,15 @@ def triangulate_reference(
     """hloc ``triangulation.main``: 3D points of ``reference``'s images at their fixed poses.
 
     ``out_dir/empty`` receives the input model and ``out_dir/sfm`` the triangulated one.
-    Matches are verified with the known epipolar geometry (hloc's default, 4 px).
+    Matches are verified with the known epipolar geometry (hloc's default, 4 px). Without a
+    single match (features that find nothing), ``reference`` comes back without 3D points
+    (hloc's triangulation would fail on it).
     """
     from hloc import triangulation
 
+    if count_matches(matches) == 0:
+        logger.warning("%s: no database pair has a match; the reference model has no 3D point", matches)
+        return pycolmap.Reconstruction(reference)
     out_dir = Path(out_dir)
     empty = out_dir / "empty"
     empty.mkdir(parents=True, exist_ok=True)
