@@ -69,8 +69,8 @@ RUNS = [
     ("HNDesc-R2D2 full", "hndesc-r2d2", {}),
     ("HNDesc-R2D2 slim (mchan 4)", "hndesc-r2d2", {}),
     ("HNDesc-CAPS R18 (DoG, top 8000)", "hndesc-caps", {}),
-    ("HOW R18 global (7 scales)", "how", {}),
-    ("HOW R18 local n=1000 (7 scales)", "how-asmk", {}),
+    ("HOW R18 global (7 scales, levels <= 1024 px)", "how", {}),
+    ("HOW R18 local n=1000 (7 scales, levels <= 1024 px)", "how-asmk", {}),
 ]
 
 
