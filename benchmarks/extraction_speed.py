@@ -347,11 +347,12 @@ def row_extractor(
     if conf_name == "hndesc-r2d2" and "full" in label:
         if official:
             return build_extractor(model, weights=str(official)), "official"
-        return build_extractor(model, weights=str(_random_weights(label, conf_name, folder))), "random"
-    try:
-        return build_extractor(model), "shipped"
-    except NoWeightsError:
-        return build_extractor(model, weights=str(_random_weights(label, conf_name, folder))), "random"
+    else:
+        try:
+            return build_extractor(model), "shipped"
+        except NoWeightsError:
+            pass
+    return build_extractor(model, weights=str(_random_weights(label, conf_name, folder))), "random"
 
 
 def _load(folder: Path, names: list[str], size: int, grayscale: bool) -> list[torch.Tensor]:

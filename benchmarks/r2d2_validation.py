@@ -40,10 +40,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-write", action="store_true", help="print the section instead of writing BENCHMARKS.md")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the settings (e.g. data.image_dirs=[...])")
     args = parser.parse_args(argv)
-    for spec in args.weights:
-        label, sep, path = spec.partition("=")
+    specs = [spec.partition("=") for spec in args.weights]
+    for spec, (label, sep, path) in zip(args.weights, specs):
         if not sep or not label or not path:
             parser.error(f"--weights expects LABEL=PATH, got {spec!r}")
+    args.weights = [(label, Path(path)) for label, _, path in specs]
     return args
 
 
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     shipped = shipped_weights("hndesc-r2d2")
     settings_path = args.settings or shipped
     settings = settings_conf(settings_path, args.overrides, args.pairs)
-    specs = [("shipped", shipped), *((label, Path(path)) for label, _, path in (s.partition("=") for s in args.weights))]
+    specs = [("shipped", shipped), *args.weights]
     scores: dict[str, dict[str, float]] = {}
     sources: dict[str, str] = {}
     for label, path in specs:

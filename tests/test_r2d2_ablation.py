@@ -16,6 +16,7 @@ import yaml
 from benchmarks import make_sequences, r2d2_ablation
 from hloc_hndesc.evaluation.datasets import read_strecha_scene
 from hloc_hndesc.evaluation.localization import rescale_camera
+from hloc_hndesc.evaluation.miniature import write_strecha_camera
 from hloc_hndesc.weights import shipped_weights
 
 
@@ -95,15 +96,11 @@ def small_strecha_scene(source: Path, out: Path, count: int = 6, scale: float = 
     """The first ``count`` images of a Strecha scene at ``scale`` (1536x1024 -> 576x384) with their
     rescaled ground-truth cameras, in the Strecha layout."""
     (out / "images").mkdir(parents=True)
-    (out / "cameras").mkdir()
     for camera in read_strecha_scene(source)[:count]:
         small = rescale_camera(camera, scale)
         full = cv2.imread(str(source / "images" / camera.name))
         cv2.imwrite(str(out / "images" / camera.name), cv2.resize(full, small.size, interpolation=cv2.INTER_AREA))
-        lines = [*(" ".join(f"{v:.9g}" for v in row) for row in small.K), "0 0 0",
-                 *(" ".join(f"{v:.9g}" for v in row) for row in small.R), " ".join(f"{v:.9g}" for v in small.center),
-                 f"{small.size[0]} {small.size[1]}"]
-        (out / "cameras" / f"{camera.name}.camera").write_text("\n".join(lines) + "\n")
+        write_strecha_camera(out / "cameras" / f"{camera.name}.camera", small)
     return out
 
 
