@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import default_collate
 
 from hloc_hndesc.config import ConfigError
@@ -36,6 +37,7 @@ from hloc_hndesc.training.r2d2 import (
     warp_to_image0,
 )
 from hloc_hndesc.training.tasks import TASKS, load_train_config
+from hloc_hndesc.weights import read_registry, shipped_weights
 
 
 def exact_ap(similarity: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
@@ -355,12 +357,23 @@ def test_tiny_training_run_gives_weights_the_extractor_loads(photos: Path, tmp_p
     assert torch.allclose(feats["descriptors"].norm(dim=0), torch.ones(n), atol=1e-4)
 
 
+@pytest.mark.skipif("hndesc-r2d2" not in read_registry(), reason="no shipped hndesc-r2d2 weights")
+def test_slim_config_is_the_recipe_of_the_shipped_weights():
+    """`hloc-hndesc train --config hndesc_r2d2` retrains the shipped model: its merged config
+    equals the one stored in the shipped checkpoint, apart from where the run wrote to."""
+    shipped = torch.load(shipped_weights("hndesc-r2d2"), map_location="cpu", weights_only=True)["meta"]["config"]
+    conf = OmegaConf.to_container(hndesc_r2d2_train_conf(load_train_config("hndesc_r2d2")), resolve=True)
+    shipped["train"].pop("output_dir"), conf["train"].pop("output_dir")
+    assert conf == shipped
+
+
 def test_config_checks_and_shipped_configs():
     assert TASKS["hndesc_r2d2"] == ("hloc_hndesc.training.r2d2", "train_hndesc_r2d2")
     slim = hndesc_r2d2_train_conf(load_train_config("hndesc_r2d2"))
     full = hndesc_r2d2_train_conf(load_train_config("hndesc_r2d2_full"))
-    assert slim.model.variant == "slim" and slim.mining.mode == "in_batch" and slim.data.crop == 192
+    assert slim.model.variant == "slim" and slim.mining.mode == "in_pair" and slim.data.crop == 160
     assert full.model.variant == "full" and full.loss.bins == 20 and full.loss.kappa == 0.5
+    assert full.mining.mode == "in_pair" and full.data.homography.difficulty == 0.5
     with pytest.raises(ConfigError, match="even"):
         hndesc_r2d2_train_conf({"data": {"crop": 95}})
     with pytest.raises(ConfigError, match="variant"):
