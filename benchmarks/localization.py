@@ -54,6 +54,8 @@ from hloc_hndesc.evaluation.methods import Method, feature_cache, parse_method
 from hloc_hndesc.files import write_pairs
 
 KEY = "localization"
+#: default query split (every SPLIT_STEP-th sorted image from SPLIT_OFFSET) and night-rendering seed
+SPLIT_STEP, SPLIT_OFFSET, NIGHT_SEED = 3, 2, 0
 HEADER = [
     "method",
     "queries",
@@ -76,7 +78,8 @@ class ConditionScore:
 
 
 def query_conditions(
-    scene: Path, step: int, offset: int, seed: int, outputs: Path, night: bool = True
+    scene: Path, outputs: Path, step: int = SPLIT_STEP, offset: int = SPLIT_OFFSET, seed: int = NIGHT_SEED,
+    night: bool = True,
 ) -> tuple[tuple[list[str], list[str]], dict[str, tuple[Path, dict[str, str]]]]:
     """The database/query split of ``scene`` and its query conditions: plain, and synthetic night
     (rendered once under ``outputs``) unless ``night`` is false."""
@@ -113,7 +116,8 @@ def run_method(
     reference = triangulate_reference(
         reference_from_ground_truth([cameras[n] for n in database]), out / "reference", image_dir, db_pairs, db_features, db_matches
     )
-    depth = median_point_depth(reference) if reference.num_points3D() else float("nan")
+    points = reference.num_points3D()
+    depth = median_point_depth(reference) if points else float("nan")
     scores = {}
     for condition, (query_dir, names) in conditions.items():
         query_features = method.extract(query_dir, sorted(names.values()), feature_cache(cache, query_dir))
@@ -123,7 +127,7 @@ def run_method(
         query_cameras = {names[q]: pinhole_camera(cameras[q]) for q in queries}
         results = (
             localize(reference, query_cameras, pairs, query_features, matches, out / tag / "results.txt")
-            if reference.num_points3D()
+            if points
             else {}
         )
         truth = {names[q]: cameras[q].cam_from_world for q in queries}
@@ -138,7 +142,7 @@ def run_method(
             summary.median_rotation_error,
             {n: (round(r.position_error, 3), round(r.rotation_error, 2), r.num_inliers) for n, r in results.items()},
         )
-        scores[condition] = ConditionScore(summary, int(np.median(inliers)) if inliers else 0, reference.num_points3D())
+        scores[condition] = ConditionScore(summary, int(np.median(inliers)) if inliers else 0, points)
     logging.info("%s done in %.0f s (median point depth %.1f m)", method.label, time.perf_counter() - start, depth)
     return scores, depth
 
@@ -195,9 +199,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scene", type=Path, default=Path("../shared/data/strecha/Herz-Jesu-P25"))
     parser.add_argument("--method", action="append", help="sift, CONF or CONF=WEIGHTS (repeatable); default sift")
-    parser.add_argument("--step", type=int, default=3, help="every step-th image is a query")
-    parser.add_argument("--offset", type=int, default=2, help="index of the first query in the sorted images")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic-night rendering")
+    parser.add_argument("--step", type=int, default=SPLIT_STEP, help="every step-th image is a query")
+    parser.add_argument("--offset", type=int, default=SPLIT_OFFSET, help="index of the first query in the sorted images")
+    parser.add_argument("--seed", type=int, default=NIGHT_SEED, help="seed of the synthetic-night rendering")
     parser.add_argument("--no-night", action="store_true", help="plain queries only")
     parser.add_argument("--cache", type=Path, default=Path("outputs/cache"))
     parser.add_argument("--outputs", type=Path, default=Path("outputs/localization"))
@@ -210,7 +214,7 @@ def main() -> None:
     scene_cameras = read_strecha_scene(scene)
     names = [c.name for c in scene_cameras]
     width, height = scene_cameras[0].size
-    split, conditions = query_conditions(scene, args.step, args.offset, args.seed, args.outputs, not args.no_night)
+    split, conditions = query_conditions(scene, args.outputs, args.step, args.offset, args.seed, not args.no_night)
     database, queries = split
     split_outputs = args.outputs / scene.name / f"split-s{args.step}o{args.offset}"
 

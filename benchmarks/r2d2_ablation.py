@@ -91,8 +91,7 @@ def localization_scores(args: argparse.Namespace, weights: Path, label: str, rec
         stored = json.loads(record.read_text())
         if stored.get("weights_sha256") == digest:
             return stored["scores"]
-    # split step 3, offset 2 and night seed 0: benchmarks.localization's defaults
-    split, conditions = query_conditions(scene, 3, 2, 0, args.output_root / "localization")
+    split, conditions = query_conditions(scene, args.output_root / "localization")
     method = parse_method(f"hndesc-r2d2={weights}")
     scores, _ = run_method(method, scene, conditions, split, args.output_root / "localization" / label, args.cache)
     night, plain = scores["synthetic night"], scores["plain"]
