@@ -3,7 +3,8 @@
     python -m benchmarks.r2d2_ablation --steps 300 --sequences outputs/sequences --max-sequences 3
 
 Each (variant, seed) trains HNDesc-R2D2 from scratch with the same config, number of updates and
-batch (``hloc-hndesc train --config hndesc_r2d2`` with overrides); the variants are ``in_pair``,
+batch (``hloc-hndesc train --config hndesc_r2d2_ablation`` with overrides: the base recipe is pinned
+in its own config, not the shipped one's); the variants are ``in_pair``,
 ``in_batch``, ``global`` (HNDesc's "selfgd": the bank pools the network's own local
 descriptors), ``global-how`` (HNDesc's "gd": the bank ranks photos by HOW's global descriptors,
 an hloc global-features file of the training photos given by ``--how-global``), ``in_batch-nostyle``
@@ -25,7 +26,7 @@ import json
 import statistics
 from pathlib import Path
 
-from benchmarks.localization import query_conditions, run_method
+from benchmarks.localization import NIGHT_SEED, SPLIT_OFFSET, SPLIT_STEP, query_conditions, run_method
 from benchmarks.report import mean_sd, publish, table, timed_once
 from hloc_hndesc.evaluation.datasets import list_sequences
 from hloc_hndesc.evaluation.homography import MMA_THRESHOLDS, evaluate_method, select_sequences, summarize
@@ -50,7 +51,10 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="hndesc_r2d2", help="training config (bundled name or YAML)")
+    parser.add_argument(
+        "--config", default="hndesc_r2d2_ablation",
+        help="base training config (bundled name or YAML; default: the published ablation's, pinned)",
+    )
     parser.add_argument(
         "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
         help="variants to run (it takes every following word: give key=value overrides before it or after --)",
@@ -84,12 +88,12 @@ NIGHT_TARGET = 6
 def localization_scores(args: argparse.Namespace, weights: Path, label: str, record: Path) -> dict[str, float]:
     """Night recall at the tightest and loosest thresholds and median PnP inliers (plain and night)
     of one model on ``args.localization``; kept in the JSON file ``record`` with the weights'
-    sha256, and read back from there while the weights are unchanged."""
+    sha256 and the query split and night seed, and read back from there while they are unchanged."""
     scene = args.localization
-    digest = sha256sum(weights)
+    key = {"weights_sha256": sha256sum(weights), "split": [SPLIT_STEP, SPLIT_OFFSET], "night_seed": NIGHT_SEED}
     if record.is_file():
         stored = json.loads(record.read_text())
-        if stored.get("weights_sha256") == digest:
+        if all(stored.get(k) == v for k, v in key.items()):
             return stored["scores"]
     split, conditions = query_conditions(scene, args.output_root / "localization")
     method = parse_method(f"hndesc-r2d2={weights}")
@@ -102,7 +106,7 @@ def localization_scores(args: argparse.Namespace, weights: Path, label: str, rec
         "plain_inliers": plain.median_inliers,
     }
     with atomic_path(record) as tmp:
-        tmp.write_text(json.dumps({"weights_sha256": digest, "scores": result}))
+        tmp.write_text(json.dumps({**key, "scores": result}))
     return result
 
 

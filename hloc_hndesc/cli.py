@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from . import logger
-from .confs import CONFS, extractor_class
+from .confs import CONFS, shipped_weights_name
 from .config import ConfigError
 from .hloc_plugin import hloc_available, register
 
@@ -24,10 +24,12 @@ def _cmd_list(_: argparse.Namespace) -> int:
     from .weights import read_registry
 
     shipped = read_registry()
+    width = max(map(len, CONFS))
+    output_width = max(len(conf["output"]) for conf in CONFS.values())
     for name, conf in CONFS.items():
-        weights_name = extractor_class(conf["model"]["name"]).weights_name
+        weights_name = shipped_weights_name(conf["model"])
         status = f"shipped weights ({weights_name})" if weights_name in shipped else "no shipped weights (pass --weights)"
-        print(f"{name:12s} {conf['output']:38s} {status}")
+        print(f"{name:{width}s} {conf['output']:{output_width}s} {status}")
     print(f"hloc registration: {'active' if hloc_available() else 'hloc not installed'}")
     return 0
 

@@ -32,6 +32,17 @@ CONFS: dict[str, dict[str, Any]] = {
         "model": {"name": "hndesc_r2d2", "max_keypoints": 5000},
         "preprocessing": {"grayscale": False, "resize_max": 1024},
     },
+    # for photos of unknown orientation: the network fine-tuned with rotations within ±45°
+    # (hndesc-r2d2-rot45), run on the image and its rotations by 90, 180 and 270 degrees, every
+    # view's keypoints in the input's frame, up to 5000 per view (features.rotation).
+    "hndesc-r2d2-rot4": {
+        "output": "feats-hndesc-r2d2-rot4-n5000-r1024",
+        "model": {
+            "name": "hndesc_r2d2", "max_keypoints": 5000, "rotations": [0, 90, 180, 270],
+            "shipped": "hndesc-r2d2-rot45",
+        },
+        "preprocessing": {"grayscale": False, "resize_max": 1024},
+    },
     "hndesc-caps": {
         "output": "feats-hndesc-caps-dog-n8000-r1024",
         "model": {"name": "hndesc_caps", "max_keypoints": 8000},
@@ -94,6 +105,11 @@ def extractor_class(model_name: str) -> type:
         raise KeyError(f"Unknown model {model_name!r}; available: {', '.join(sorted(EXTRACTORS))}")
     module, cls = EXTRACTORS[model_name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def shipped_weights_name(model_conf: dict[str, Any]) -> str:
+    """Registry name of the weights an hloc ``model`` conf runs when it names none."""
+    return model_conf.get("shipped") or extractor_class(model_conf["name"]).weights_name
 
 
 def build_extractor(model_conf: dict[str, Any], weights: str | None = None):

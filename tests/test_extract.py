@@ -195,3 +195,15 @@ def test_tiny_image_empty_entry_has_the_extractor_dimension(tmp_path):
     weights = random_checkpoint("hndesc-caps", tmp_path / "caps.pth")
     extract("hndesc-caps", tmp_path / "tiny", tmp_path / "c.h5", weights=weights)
     assert _read(tmp_path / "c.h5", "t.png")["descriptors"].shape == (256, 0)
+
+
+def test_list_names_each_confs_shipped_weights(capsys):
+    from hloc_hndesc.confs import CONFS
+
+    assert cli_main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line for line in lines if line.split()[0] in CONFS}
+    assert set(rows) == set(CONFS)
+    assert rows["hndesc-r2d2-rot4"].endswith("shipped weights (hndesc-r2d2-rot45)")
+    assert rows["hndesc-r2d2"].endswith("shipped weights (hndesc-r2d2)")
+    assert len({line.index(CONFS[name]["output"]) for name, line in rows.items()}) == 1  # aligned columns

@@ -113,3 +113,34 @@ def test_cli_entry_point_runs_hloc_extract_features(images, tmp_path):
         extract_features.confs.pop("how-cli-test")
     with h5py.File(tmp_path / (CONFS["how"]["output"] + ".h5")) as fd:
         assert len(fd.keys()) == 10
+
+
+def test_rotated_views_conf_matches_a_photo_turned_by_90_degrees_through_hloc(sacre_coeur, tmp_path):
+    """hndesc-r2d2-rot4 through hloc's own extract/match: a photo and the same photo turned 90°
+    clockwise match where the upright conf does not (shipped weights, real photo)."""
+    import cv2
+
+    root = tmp_path / "images"
+    root.mkdir()
+    photo = cv2.imread(str(sorted(sacre_coeur.glob("*.jpg"))[0]))
+    photo = cv2.resize(photo, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    height = photo.shape[0]
+    cv2.imwrite(str(root / "a.png"), photo)
+    cv2.imwrite(str(root / "b.png"), cv2.rotate(photo, cv2.ROTATE_90_CLOCKWISE))
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("a.png b.png\n")
+    precision = {}
+    for name in ("hndesc-r2d2", "hndesc-r2d2-rot4"):
+        conf = {**CONFS[name], "output": f"feats-{name}"}
+        feats = extract_features.main(conf, root, tmp_path)
+        matches = match_features.main(match_features.confs["NN-mutual"], pairs, conf["output"], tmp_path)
+        with h5py.File(feats) as fd, h5py.File(matches) as fm:
+            k0, k1 = (fd[n]["keypoints"][()].astype(np.float64) for n in ("a.png", "b.png"))
+            if name == "hndesc-r2d2-rot4":
+                assert sorted(set(fd["a.png"]["oris"][()].tolist())) == [0.0, 90.0, 180.0, 270.0]
+            m = fm["a.png/b.png"]["matches0"][()]
+        valid = m > -1
+        # clockwise by 90°: (x, y) -> (height - 1 - y, x)
+        moved = np.stack([height - 1 - k0[valid, 1], k0[valid, 0]], -1)
+        precision[name] = float(np.mean(np.linalg.norm(moved - k1[m[valid]], axis=1) < 3)) if valid.any() else 0.0
+    assert precision["hndesc-r2d2-rot4"] > 0.8 and precision["hndesc-r2d2"] < 0.3, precision

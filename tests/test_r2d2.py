@@ -276,6 +276,21 @@ def test_default_weights_are_the_shipped_slim_checkpoint():
         R2D2Extractor({"variant": "full"})  # no full network is shipped: refused, not substituted
 
 
+def test_rotation_conf_runs_the_shipped_rotation_fine_tune():
+    from hloc_hndesc.confs import build_extractor, get_conf, shipped_weights_name
+
+    model = get_conf("hndesc-r2d2-rot4")["model"]
+    extractor = build_extractor(model)
+    assert shipped_weights_name(model) == "hndesc-r2d2-rot45" and extractor.rotations == (0, 90, 180, 270)
+    assert extractor.weights_path == shipped_weights("hndesc-r2d2-rot45") != shipped_weights("hndesc-r2d2")
+    meta = torch.load(extractor.weights_path, weights_only=True)["meta"]
+    assert meta["config"]["data"]["homography"]["rotation"] == 90  # ±45° at difficulty 0.5
+    assert meta["config"]["train"]["init_weights"] == "hloc_hndesc/checkpoints/hndesc_r2d2.pth"
+    assert shipped_weights_name(get_conf("hndesc-r2d2")["model"]) == "hndesc-r2d2"
+    with pytest.raises(NoWeightsError, match="nope"):
+        R2D2Extractor({"shipped": "nope"})
+
+
 def test_flat_and_tiny_images_give_valid_empty_result(tmp_path):
     net = _net("slim", 1)
     with torch.no_grad():
@@ -310,3 +325,59 @@ def test_detection_maps_match_forward(variant):
     assert set(fast) == {"raw_descriptors", "reliability", "repeatability"}
     for key in fast:
         torch.testing.assert_close(fast[key], ref[key], atol=1e-6, rtol=0)
+
+
+# -- test-time rotations -------------------------------------------------------------------------
+
+
+def test_rotation_helpers_follow_torch_rot90_exactly():
+    from hloc_hndesc.features.rotation import check_rotations, keypoints_to_input, rotate_image
+
+    height, width = 5, 7
+    image = torch.arange(height * width, dtype=torch.float32).view(1, 1, height, width)
+    for angle in (0, 90, 180, 270):
+        view = rotate_image(image, angle)
+        assert view.shape[-2:] == ((height, width) if angle % 180 == 0 else (width, height))
+        ys, xs = torch.meshgrid(torch.arange(view.shape[-2]), torch.arange(view.shape[-1]), indexing="ij")
+        xy = torch.stack([xs.flatten(), ys.flatten()], -1).float()
+        back = keypoints_to_input(xy, angle, (width, height)).long()
+        assert torch.equal(view.flatten(), image[0, 0, back[:, 1], back[:, 0]])
+    # clockwise on screen: the top-left corner goes to the top-right at 90 degrees
+    assert rotate_image(image, 90)[0, 0, 0, -1] == image[0, 0, 0, 0]
+    assert check_rotations([0, 90.0, 270]) == (0, 90, 270)
+    for bad in ([], [45], [0, 0], "0", [True], None):
+        with pytest.raises(ValueError, match="rotations"):
+            check_rotations(bad)
+    with pytest.raises(ValueError, match="rotations"):
+        R2D2Extractor({"rotations": [30]})
+
+
+def _feature_set(keypoints: torch.Tensor, descriptors: torch.Tensor) -> list[tuple]:
+    """Keypoints with their descriptors, as a sorted list (order-free comparison)."""
+    return sorted(zip(map(tuple, keypoints.tolist()), map(tuple, descriptors.t().tolist())))
+
+
+def test_rotated_views_make_extraction_exactly_rotation_covariant(rgb):
+    """With all four views, the features of an image rotated by 90 degrees are those of the image,
+    moved by the rotation: views are pixel permutations, so this holds to the last bit."""
+    plain = R2D2Extractor({"max_keypoints": 300})
+    multi = R2D2Extractor({"max_keypoints": 300, "rotations": [0, 90, 180, 270]})
+    image = _tensor(rgb)
+    height, width = image.shape[-2:]
+    upright, out = plain(image), multi(image)
+    assert out["keypoints"].shape == (4 * 300, 2) and out["descriptors"].shape == (128, 1200)
+    assert torch.all(out["scores"][:-1] >= out["scores"][1:])
+    assert sorted(collections.Counter(out["oris"].tolist()).items()) == [(0.0, 300), (90.0, 300), (180.0, 300), (270.0, 300)]
+    at0 = out["oris"] == 0
+    assert torch.equal(out["keypoints"][at0], upright["keypoints"]) and torch.equal(out["descriptors"][:, at0], upright["descriptors"])
+    assert out["keypoints"][:, 0].min() >= -0.5 and out["keypoints"][:, 0].max() <= width - 0.5
+    assert out["keypoints"][:, 1].min() >= -0.5 and out["keypoints"][:, 1].max() <= height - 0.5
+
+    turned = multi(torch.rot90(image, k=-1, dims=(-2, -1)).contiguous())  # 90 degrees clockwise
+    x, y = out["keypoints"].unbind(-1)
+    expected = torch.stack([(height - 1) - y, x], -1)  # where the rotation moves each keypoint
+    assert _feature_set(turned["keypoints"], turned["descriptors"]) == _feature_set(expected, out["descriptors"])
+    # the plain extractor is not covariant: its keypoints on the turned image are not the moved ones
+    plain_turned = plain(torch.rot90(image, k=-1, dims=(-2, -1)).contiguous())
+    moved = {tuple(p) for p in torch.stack([(height - 1) - upright["keypoints"][:, 1], upright["keypoints"][:, 0]], -1).tolist()}
+    assert len(moved & {tuple(p) for p in plain_turned["keypoints"].tolist()}) < 0.9 * len(moved)

@@ -251,6 +251,33 @@ def test_rewind_sets_newer_checkpoints_aside(tmp_path: Path):
     assert train(ToyTask(), conf)["start_step"] == 5
 
 
+def test_init_weights_starts_a_fresh_run_from_given_weights(tmp_path: Path, log_records):
+    base = tmp_path / "base"
+    train(ToyTask(), toy_conf(base, steps=6, validate_every=0))
+    trained = torch.load(base / "model.pt", weights_only=True)["state_dict"]
+    fresh = params(ToyTask(init_seed=1))
+    assert any(not torch.equal(fresh[k], trained[k]) for k in trained)
+    # lr 0: the one update changes nothing, so the model is exactly what was loaded.
+    for source in (base / "model.pt", ckpt.checkpoint_path(base / "checkpoints", 4)):
+        out = tmp_path / f"tune_{source.stem}"
+        task = ToyTask(init_seed=1)
+        train(task, toy_conf(out, steps=1, lr=0.0, validate_every=0, init_weights=str(source)))
+        expected = trained if source.name == "model.pt" else ckpt.load_training_checkpoint(source)["model"]
+        assert all(torch.equal(v, expected[k]) for k, v in params(task).items())
+    tuned = torch.load(out / "model.pt", weights_only=True)["meta"]["trainer"]
+    assert tuned["init_weights"] == str(source)
+    assert any("Starting from the weights of" in r.getMessage() for r in log_records)
+    # a resumed run takes the checkpoint's weights and never reads init_weights.
+    summary = train(ToyTask(), toy_conf(base, steps=6, validate_every=0, init_weights=str(tmp_path / "nope.pt")))
+    assert summary["start_step"] == 6
+    other = nn.Sequential(nn.Linear(DIM, 3))
+    torch.save({"state_dict": other.state_dict()}, tmp_path / "other.pt")
+    with pytest.raises(ckpt.CheckpointError, match=r"init_weights: Checkpoint .*other\.pt does not fit"):
+        train(ToyTask(), toy_conf(tmp_path / "bad", init_weights=str(tmp_path / "other.pt")))
+    with pytest.raises(ckpt.CheckpointError, match=r"init_weights: Checkpoint file not found: .*missing\.pt"):
+        train(ToyTask(), toy_conf(tmp_path / "bad2", init_weights=str(tmp_path / "missing.pt")))
+
+
 def test_time_limit_stops_with_a_checkpoint_and_resumes(tmp_path: Path):
     conf = toy_conf(tmp_path, steps=6, validate_every=0, checkpoint_every=100)
     first = train(ToyTask(), {**conf, "time_limit": 1e-6})

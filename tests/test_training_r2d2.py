@@ -360,12 +360,56 @@ def test_tiny_training_run_gives_weights_the_extractor_loads(photos: Path, tmp_p
 @pytest.mark.skipif("hndesc-r2d2" not in read_registry(), reason="no shipped hndesc-r2d2 weights")
 def test_slim_config_is_the_recipe_of_the_shipped_weights():
     """`hloc-hndesc train --config hndesc_r2d2` retrains the shipped model: its merged config
-    equals the one stored in the shipped checkpoint, apart from where the run wrote to."""
+    equals the one stored in the shipped checkpoint, apart from where the run wrote to and
+    trainer options added since, which must be off (None) by default."""
     shipped = torch.load(shipped_weights("hndesc-r2d2"), map_location="cpu", weights_only=True)["meta"]["config"]
     conf = OmegaConf.to_container(hndesc_r2d2_train_conf(load_train_config("hndesc_r2d2")), resolve=True)
     for c in (shipped, conf):
         del c["train"]["output_dir"]
+    added = set(conf["train"]) - set(shipped["train"])
+    assert added <= {"init_weights"} and all(conf["train"].pop(k) is None for k in added)
     assert conf == shipped
+
+
+#: configs/train/hndesc_r2d2.yaml at 48ae2d8, the base config the published ablation ran with
+ABLATION_BASE_AT_48AE2D8 = """
+task: hndesc_r2d2
+data: {image_dirs: [../shared/data/train_natural], crop: 192}
+model: {variant: slim}
+mining: {mode: in_batch}
+train:
+  steps: 2000
+  batch_size: 4
+  lr: 1e-4
+  weight_decay: 5e-4
+  scheduler: {name: cosine, warmup: 100, min_factor: 0.05}
+  checkpoint_every: 100
+  log_every: 10
+  validate_every: 250
+  output_dir: outputs/train/hndesc_r2d2
+"""
+#: the overrides of the published ablation command (BENCHMARKS.md, "HNDesc-R2D2 ablation")
+ABLATION_OVERRIDES = [
+    "data.crop=128", "data.homography.difficulty=0.5", "train.batch_size=4", "train.lr=3e-4",
+    "train.scheduler={name: cosine, warmup: 10, min_factor: 0.05}", "train.num_workers=0", "train.amp=none",
+    "train.validate_every=100", "train.log_every=10", "train.checkpoint_every=50", "train.progress=false",
+    "mining.bank.refresh_every=50", "train.steps=100",
+]
+
+
+def test_ablation_config_pins_the_published_ablation_recipe(tmp_path):
+    """benchmarks.r2d2_ablation's base config is its own: the published command on it trains
+    exactly what it trained (base config of 48ae2d8 + the command's overrides), whatever the
+    shipped recipe becomes."""
+    old = tmp_path / "hndesc_r2d2_48ae2d8.yaml"
+    old.write_text(ABLATION_BASE_AT_48AE2D8)
+    ran = OmegaConf.to_container(hndesc_r2d2_train_conf(load_train_config(str(old), ABLATION_OVERRIDES)))
+    pinned = OmegaConf.to_container(hndesc_r2d2_train_conf(load_train_config("hndesc_r2d2_ablation")))
+    assert pinned == ran
+    rerun = OmegaConf.to_container(hndesc_r2d2_train_conf(load_train_config("hndesc_r2d2_ablation", ABLATION_OVERRIDES)))
+    assert rerun == pinned
+    shipped = OmegaConf.to_container(hndesc_r2d2_train_conf(load_train_config("hndesc_r2d2", ABLATION_OVERRIDES)))
+    assert shipped["data"]["stylize_probability"] != pinned["data"]["stylize_probability"]  # why it is pinned
 
 
 def test_config_checks_and_shipped_configs():

@@ -43,6 +43,9 @@ The run
   newest checkpoint that verifies; on the CPU a resumed run is bitwise identical to an
   uninterrupted one (GPU kernels may be non-deterministic). Checkpoints newer than the step a
   run starts from (broken ones, or a deliberate rewind with ``resume=PATH``) are set aside.
+  ``init_weights`` starts a fresh run from given weights (fine-tuning; read with
+  ``weights_only=True`` and loaded strictly); what a task initialises from data at step 0 (HOW's
+  whitening) is still initialised, with the loaded network.
 - Several processes: under ``torchrun`` (``WORLD_SIZE`` in the environment) the process group
   is initialised from ``env://`` (nccl on CUDA, gloo on the CPU), the loss computation
   (``task.loss`` with the model inside) is wrapped in ``DistributedDataParallel`` so that any
@@ -85,7 +88,7 @@ from hloc_hndesc import logger
 from hloc_hndesc.config import ConfigError, merge_conf
 from hloc_hndesc.files import atomic_path
 from hloc_hndesc.provenance import git_commit
-from hloc_hndesc.weights import save_checkpoint
+from hloc_hndesc.weights import WeightsError, apply_checkpoint, load_checkpoint, save_checkpoint, sha256sum
 
 from .checkpoints import (
     CheckpointError,
@@ -143,6 +146,10 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     # "auto": continue from the newest valid checkpoint of output_dir (fresh start if none);
     # None: fresh start (refused when output_dir holds checkpoints); or a checkpoint path.
     "resume": "auto",
+    # weights to start a fresh run from (fine-tuning): a model file of this project (``model.pt``,
+    # a shipped checkpoint) or a trainer checkpoint; loaded strictly into ``task.model``.
+    # Ignored when the run resumes (the checkpoint's weights win). None: the task's initialisation.
+    "init_weights": None,
     "device": "auto",  # auto | cpu | cuda | cuda:N
     "progress": True,
     "tensorboard": True,
@@ -401,6 +408,8 @@ class _Trainer:
         self.model = task.model.to(device)
         if checkpoint is not None:
             self.model.load_state_dict(checkpoint["model"])
+        elif conf.init_weights:
+            self._initialise(Path(str(conf.init_weights)))
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("task.model has no trainable parameters")
@@ -458,12 +467,20 @@ class _Trainer:
         logger.info("Resuming from %s (step %d)", path, int(checkpoint["step"]))
         return checkpoint
 
+    def _initialise(self, path: Path) -> None:
+        """Load the weights of ``path`` into the model at the start of a fresh run."""
+        try:
+            apply_checkpoint(self.model, "the task's model", load_checkpoint(path), path)
+        except WeightsError as err:
+            raise CheckpointError(f"init_weights: {err}") from None
+        logger.info("Starting from the weights of %s (sha256 %s)", path, sha256sum(path))
+
     def _check_resumed_conf(self, saved: Mapping[str, Any]) -> None:
         now = _flatten(OmegaConf.to_container(self.conf))
         before = _flatten(saved)
         ignored = {"until_step", "time_limit", "resume", "output_dir", "progress", "tensorboard",
                    "num_workers", "prefetch_factor", "log_every", "checkpoint_every", "keep_last",
-                   "validate_every", "device"}
+                   "validate_every", "device", "init_weights"}
         changed = sorted(k for k in now if k not in ignored and k in before and before[k] != now[k])
         if changed:
             logger.warning(

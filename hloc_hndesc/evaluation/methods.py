@@ -30,7 +30,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..confs import extractor_class, get_conf
+from ..confs import get_conf, shipped_weights_name
 from ..extract import extract
 from ..files import write_bytes
 from ..h5io import complete_names
@@ -61,7 +61,7 @@ class Method:
         if self.weights is not None:
             tag = f"-w{file_sha256(self.weights)[:10]}"
         else:
-            shipped = read_registry().get(extractor_class(self.conf["model"]["name"]).weights_name)
+            shipped = read_registry().get(shipped_weights_name(self.conf["model"]))
             tag = f"-w{shipped.sha256[:10]}" if shipped is not None else ""
         return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.conf['model']['name']}-{size}-c{conf_hash}{tag}")
 
