@@ -39,7 +39,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from benchmarks.report import publish, table
-from hloc_hndesc.confs import extractor_class
+from hloc_hndesc.confs import shipped_weights_name
 from hloc_hndesc.evaluation.datasets import read_strecha_scene
 from hloc_hndesc.evaluation.methods import Method, feature_cache, parse_method
 from hloc_hndesc.evaluation.retrieval import (
@@ -100,7 +100,7 @@ def missing_weights(method: Method) -> str | None:
     """Why ``method`` cannot run (no weights given and none shipped), or None."""
     if method.weights is not None:
         return None
-    name = extractor_class(method.conf["model"]["name"]).weights_name
+    name = shipped_weights_name(method.conf["model"])
     if name and name not in read_registry():
         return f"no `{name}` weights are shipped yet and none were given: rerun with `--method {method.label}=PATH`"
     return None

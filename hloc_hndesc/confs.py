@@ -109,7 +109,7 @@ def extractor_class(model_name: str) -> type:
 
 def shipped_weights_name(model_conf: dict[str, Any]) -> str:
     """Registry name of the weights an hloc ``model`` conf runs when it names none."""
-    return model_conf.get("shipped") or extractor_class(model_conf["name"]).weights_name
+    return extractor_class(model_conf["name"]).shipped_name(model_conf)
 
 
 def build_extractor(model_conf: dict[str, Any], weights: str | None = None):

@@ -39,6 +39,11 @@ class Extractor(torch.nn.Module):
     #: dimension of the descriptors (subclasses set it from their network).
     descriptor_dim: int = 128
 
+    @classmethod
+    def shipped_name(cls, conf: Mapping[str, Any]) -> str:
+        """Registry name of the shipped weights loaded under ``conf`` when none are given."""
+        return cls.weights_name
+
     @property
     def is_global(self) -> bool:
         """Whether the output is a ``global_descriptor`` instead of local features."""

@@ -141,7 +141,7 @@ class R2D2Extractor(Extractor):
         variant = self.conf.variant
         if variant not in ("auto", "full", "slim"):
             raise ValueError(f"R2D2Extractor: variant must be auto, full or slim, got {variant!r}")
-        name = self.conf.shipped or self.weights_name + ("-slim" if variant == "slim" else "")
+        name = self.shipped_name(self.conf)
         path = Path(weights) if weights is not None else shipped_weights(name)
         with official_pickle_globals():
             ckpt = load_checkpoint(path)
@@ -161,6 +161,11 @@ class R2D2Extractor(Extractor):
         self.net.eval()
         if self.conf.channels_last:
             self.net.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def shipped_name(cls, conf: Mapping[str, Any]) -> str:
+        """``conf.shipped``, else ``hndesc-r2d2`` (``hndesc-r2d2-slim`` for ``variant: slim``)."""
+        return conf.get("shipped") or cls.weights_name + ("-slim" if conf.get("variant") == "slim" else "")
 
     @property
     def arch(self) -> dict[str, Any]:
