@@ -43,6 +43,17 @@ CONFS: dict[str, dict[str, Any]] = {
         },
         "preprocessing": {"grayscale": False, "resize_max": 1024},
     },
+    # the same network on eight views, every 45 degrees (those between right angles are resampled,
+    # features.rotation), up to 2500 keypoints per view: at most 20000 per image, as rot4, but no
+    # relative rotation is more than 22.5 degrees from a view pair (rot4: 45); ~2x rot4's extraction
+    "hndesc-r2d2-rot8": {
+        "output": "feats-hndesc-r2d2-rot8-n2500-r1024",
+        "model": {
+            "name": "hndesc_r2d2", "max_keypoints": 2500, "rotations": [0, 45, 90, 135, 180, 225, 270, 315],
+            "shipped": "hndesc-r2d2-rot45",
+        },
+        "preprocessing": {"grayscale": False, "resize_max": 1024},
+    },
     "hndesc-caps": {
         "output": "feats-hndesc-caps-dog-n8000-r1024",
         "model": {"name": "hndesc_caps", "max_keypoints": 8000},

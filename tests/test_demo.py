@@ -100,7 +100,10 @@ def test_demo_reconstructs_from_a_retrieval_shortlist(tmp_path: Path):
     assert len(report.pairs) < 45  # fewer than all pairs of the 10 photos
     pairs_file = (tmp_path / "out" / "sfm" / "pairs-given.txt").read_text().split("\n")
     assert len([line for line in pairs_file if line]) == len(report.pairs)
-    assert report.sfm is not None and report.sfm["registered"] == 10
+    # COLMAP's multi-threaded mapper is not bit-reproducible: with 4 neighbours each it registered
+    # 10 of 10 in most runs and 9 once (2 cores, after test_retrieval_eval); fewer means the
+    # shortlist left photos unconnected
+    assert report.sfm is not None and report.sfm["registered"] >= 9
 
 
 @pytest.mark.hloc

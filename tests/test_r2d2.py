@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import hloc_hndesc.features.r2d2 as r2d2_features
 from hloc_hndesc.config import ConfigError
@@ -345,11 +346,41 @@ def test_rotation_helpers_follow_torch_rot90_exactly():
     # clockwise on screen: the top-left corner goes to the top-right at 90 degrees
     assert rotate_image(image, 90)[0, 0, 0, -1] == image[0, 0, 0, 0]
     assert check_rotations([0, 90.0, 270]) == (0, 90, 270)
-    for bad in ([], [45], [0, 0], "0", [True], None):
+    assert check_rotations([0, 45, 22.5]) == (0, 45, 22.5)
+    for bad in ([], [360], [-90], [0, 0], [0, 0.0], "0", ["90"], [True], None):
         with pytest.raises(ValueError, match="rotations"):
             check_rotations(bad)
     with pytest.raises(ValueError, match="rotations"):
-        R2D2Extractor({"rotations": [30]})
+        R2D2Extractor({"rotations": [400]})
+
+
+def test_resampled_views_agree_with_their_keypoint_mapping():
+    """A view at a non-right angle is the input resampled where keypoints_to_input says, on a canvas
+    that holds the whole rotated input and is filled outside it."""
+    from hloc_hndesc.features.rotation import inside, keypoints_to_input, rotate_image, view_from_input, view_size
+
+    height, width = 37, 53
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+    image = torch.stack([torch.sin(3 * xs + 2 * ys), torch.cos(4 * ys), xs * ys])[None]
+    for angle in (30, 45, 137.5, 300):
+        view = rotate_image(image, angle, fill=[9.0, 9.0, 9.0])
+        out_w, out_h = view_size(angle, (width, height))
+        assert view.shape[-2:] == (out_h, out_w)
+        yy, xx = torch.meshgrid(torch.arange(out_h), torch.arange(out_w), indexing="ij")
+        pixels = torch.stack([xx.flatten(), yy.flatten()], -1).float()
+        back = keypoints_to_input(pixels, angle, (width, height))
+        # bilinear samples of the input at the mapped positions equal the view's pixels
+        grid = torch.stack([back[:, 0] / (width - 1) * 2 - 1, back[:, 1] / (height - 1) * 2 - 1], -1)
+        sampled = F.grid_sample(image, grid[None, None], align_corners=True)[0, :, 0]
+        within = inside(back, (width, height), margin=1.0)
+        torch.testing.assert_close(sampled[:, within], view.flatten(2)[0][:, within], atol=1e-5, rtol=0)
+        assert torch.all(view.flatten(2)[0][:, ~inside(back, (width, height), margin=-1.0)] == 9.0)
+        # every input pixel lands on the canvas, and the mapping inverts view_from_input
+        corners = torch.tensor([[0.0, 0.0], [width - 1, 0.0], [0.0, height - 1], [width - 1, height - 1]], dtype=torch.float64)
+        matrix = view_from_input(angle, (width, height))
+        moved = corners @ matrix[:, :2].T + matrix[:, 2]
+        assert moved.min() >= -1e-6 and moved[:, 0].max() <= out_w - 1 + 1e-6 and moved[:, 1].max() <= out_h - 1 + 1e-6
+        torch.testing.assert_close(keypoints_to_input(moved, angle, (width, height)), corners)
 
 
 def _feature_set(keypoints: torch.Tensor, descriptors: torch.Tensor) -> list[tuple]:
@@ -381,3 +412,42 @@ def test_rotated_views_make_extraction_exactly_rotation_covariant(rgb):
     plain_turned = plain(torch.rot90(image, k=-1, dims=(-2, -1)).contiguous())
     moved = {tuple(p) for p in torch.stack([(height - 1) - upright["keypoints"][:, 1], upright["keypoints"][:, 0]], -1).tolist()}
     assert len(moved & {tuple(p) for p in plain_turned["keypoints"].tolist()}) < 0.9 * len(moved)
+
+
+def _correct_matches(feats0: dict, feats1: dict, affine: np.ndarray) -> tuple[int, float]:
+    """Mutual-NN matches of two feature dicts within 3 px under the (2, 3) ``affine``: count, precision."""
+    from hloc_hndesc.evaluation.matching import match_descriptors
+
+    matches = match_descriptors(feats0["descriptors"], feats1["descriptors"])
+    k0, k1 = feats0["keypoints"].double().numpy(), feats1["keypoints"].double().numpy()
+    moved = k0[matches[:, 0]] @ affine[:, :2].T + affine[:, 2]
+    correct = np.linalg.norm(moved - k1[matches[:, 1]], axis=1) < 3
+    return int(correct.sum()), float(correct.mean()) if len(correct) else 0.0
+
+
+def test_resampled_views_match_a_photo_turned_by_45_degrees(rgb):
+    """Views every 45 degrees (resampled ones included) keep only keypoints inside the input, leave
+    the upright view's features untouched, and match a photo turned by 45 degrees - the angle the
+    four right-angle views handle worst - better than those four views (shipped rot45 weights)."""
+    from hloc_hndesc.features.r2d2 import VIEW_MARGIN
+    from hloc_hndesc.features.rotation import inside
+
+    model = {"max_keypoints": 500, "shipped": "hndesc-r2d2-rot45"}
+    four = R2D2Extractor({**model, "rotations": [0, 90, 180, 270]})
+    eight = R2D2Extractor({**model, "rotations": [0, 45, 90, 135, 180, 225, 270, 315]})
+    height, width = rgb.shape[:2]
+    # clockwise by 45 degrees on screen about the centre; the corners leave the frame
+    affine = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), -45, 1.0)
+    turned = cv2.warpAffine(rgb, affine, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    image, image_turned = _tensor(rgb), _tensor(turned)
+    out = eight(image)
+    counts = collections.Counter(out["oris"].tolist())
+    assert sorted(counts) == [0, 45, 90, 135, 180, 225, 270, 315] and max(counts.values()) <= 500
+    resampled = out["oris"] % 90 != 0
+    assert torch.all(inside(out["keypoints"][resampled], (width, height), VIEW_MARGIN - 1e-3))
+    at0, plain = out["oris"] == 0, four(image)
+    assert torch.equal(out["descriptors"][:, at0], plain["descriptors"][:, plain["oris"] == 0])
+    n4, p4 = _correct_matches(plain, four(image_turned), affine)
+    n8, p8 = _correct_matches(out, eight(image_turned), affine)
+    # measured: 322 correct (precision 0.69) with four views, 1638 (0.94) with eight
+    assert n8 > 3 * n4 and p8 > p4 + 0.15, (n4, p4, n8, p8)

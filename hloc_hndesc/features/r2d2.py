@@ -26,9 +26,12 @@ the file; ``full`` or ``slim`` additionally require the file to be of that varia
 when no ``weights`` are given, select the shipped checkpoint ``hndesc-r2d2`` or
 ``hndesc-r2d2-slim`` (``shipped`` names another registry entry, e.g. ``hndesc-r2d2-rot45``).
 
-Rotations: ``rotations`` lists views (degrees clockwise, multiples of 90) to extract from, each
-with the pyramid above; their keypoints are mapped back to the input exactly and pooled, with
-``oris`` = the view's angle (:mod:`hloc_hndesc.features.rotation`).
+Rotations: ``rotations`` lists views (degrees clockwise) to extract from, each with the pyramid
+above and up to ``max_keypoints``; their keypoints are mapped back to the input and pooled, with
+``oris`` = the view's angle (:mod:`hloc_hndesc.features.rotation`). Multiples of 90 are exact
+pixel permutations; other angles are resampled onto a canvas filled with the ImageNet mean (zero
+after normalisation, like the convolutions' padding) and keep only keypoints that map at least
+``VIEW_MARGIN`` px inside the input.
 """
 
 from __future__ import annotations
@@ -45,12 +48,14 @@ from omegaconf import DictConfig
 
 from ..models.r2d2 import R2D2ArchError, R2D2Net, arch_from_checkpoint
 from ..weights import WeightsError, apply_checkpoint, load_checkpoint, shipped_weights
-from .base import Extractor, empty_local_features, imagenet_normalize
-from .rotation import check_rotations, keypoints_to_input, rotate_image
+from .base import IMAGENET_MEAN, Extractor, empty_local_features, imagenet_normalize
+from .rotation import check_rotations, inside, is_right_angle, keypoints_to_input, rotate_image
 
 SCALE_TOL = 1e-3
 #: receptive field the official code assigns to a keypoint at scale 1
 BASE_SCALE = 32.0
+#: keypoints of a resampled (not right-angle) view must map this many px inside the input
+VIEW_MARGIN = 2.0
 
 
 def _defaultdict_as_dict(*_: Any) -> dict:
@@ -123,8 +128,8 @@ class R2D2Extractor(Extractor):
         "max_scale": 1.0,
         "nms_radius": 1,
         "channels_last": True,  # NHWC convolutions: 1.3-1.5x faster on CPU, same results to ~1e-7
-        # views to extract from: degrees clockwise, multiples of 90 (features.rotation); each view
-        # keeps up to max_keypoints, all in the input's frame, with ``oris`` = the view's angle.
+        # views to extract from: degrees clockwise in [0, 360) (features.rotation; multiples of 90
+        # are exact); each view keeps up to max_keypoints, all in the input's frame, oris = angle.
         "rotations": [0],
         # registry name of the shipped weights used when none are given (None: hndesc-r2d2, or
         # hndesc-r2d2-slim for variant: slim); e.g. hndesc-r2d2-rot45, fine-tuned for rotations.
@@ -175,19 +180,31 @@ class R2D2Extractor(Extractor):
     @torch.no_grad()
     def _forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.rotations == (0,):
-            return self._forward_upright(image)
+            return self._forward_upright(image, self.conf.max_keypoints)
         size = (image.shape[-1], image.shape[-2])
         views = []
         for angle in self.rotations:
-            pred = self._forward_upright(rotate_image(image, angle))
-            pred["keypoints"] = keypoints_to_input(pred["keypoints"], angle, size)
+            if is_right_angle(angle):
+                pred = self._forward_upright(rotate_image(image, angle), self.conf.max_keypoints)
+                pred["keypoints"] = keypoints_to_input(pred["keypoints"], angle, size)
+            else:
+                pred = self._forward_upright(rotate_image(image, angle, IMAGENET_MEAN), None)
+                pred["keypoints"] = keypoints_to_input(pred["keypoints"], angle, size)
+                keep = inside(pred["keypoints"], size, VIEW_MARGIN).nonzero()[:, 0][: self._cap(len(pred["scores"]))]
+                pred = {k: v[:, keep] if k == "descriptors" else v[keep] for k, v in pred.items()}
             pred["oris"] = torch.full_like(pred["scores"], float(angle))
             views.append(pred)
         merged = {k: torch.cat([v[k] for v in views], -1 if k == "descriptors" else 0) for k in views[0]}
         order = torch.sort(merged["scores"], descending=True, stable=True).indices
         return {k: v[:, order] if k == "descriptors" else v[order] for k, v in merged.items()}
 
-    def _forward_upright(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _cap(self, count: int) -> int:
+        """How many of ``count`` keypoints one view keeps (``max_keypoints``; all when unset)."""
+        limit = self.conf.max_keypoints
+        return count if limit is None or limit <= 0 else min(count, limit)
+
+    def _forward_upright(self, image: torch.Tensor, max_keypoints: int | None) -> dict[str, torch.Tensor]:
+        """Keypoints of one view, sorted by score, the first ``max_keypoints`` (all if None or <= 0)."""
         conf = self.conf
         _, _, height, width = image.shape
         levels = pyramid_scales(
@@ -219,8 +236,8 @@ class R2D2Extractor(Extractor):
             return self._empty()
         scores_all = torch.cat(scores)
         order = torch.sort(scores_all, descending=True, stable=True).indices
-        if conf.max_keypoints is not None and conf.max_keypoints > 0:
-            order = order[: conf.max_keypoints]
+        if max_keypoints is not None and max_keypoints > 0:
+            order = order[:max_keypoints]
         return {
             "keypoints": torch.cat(keypoints)[order],
             "scores": scores_all[order],
