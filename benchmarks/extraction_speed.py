@@ -68,6 +68,8 @@ RUNS = [
     ("HyNet (DoG, top 2048)", "hynet", {"max_keypoints": 2048}),
     ("HNDesc-R2D2 full", "hndesc-r2d2", {}),
     ("HNDesc-R2D2 slim (mchan 4)", "hndesc-r2d2", {}),
+    ("HNDesc-R2D2 slim, 4 views x 5000 (hndesc-r2d2-rot4)", "hndesc-r2d2-rot4", {}),
+    ("HNDesc-R2D2 slim, 8 views x 2500 (hndesc-r2d2-rot8)", "hndesc-r2d2-rot8", {}),
     ("HNDesc-CAPS R18 (DoG, top 8000)", "hndesc-caps", {}),
     ("HOW R18 global (7 scales, levels <= 1024 px)", "how", {}),
     ("HOW R18 local n=1000 (7 scales, levels <= 1024 px)", "how-asmk", {}),

@@ -45,7 +45,7 @@ CONFS: dict[str, dict[str, Any]] = {
     },
     # the same network on eight views, every 45 degrees (those between right angles are resampled,
     # features.rotation), up to 2500 keypoints per view: at most 20000 per image, as rot4, but no
-    # relative rotation is more than 22.5 degrees from a view pair (rot4: 45); ~2x rot4's extraction
+    # relative rotation is more than 22.5 degrees from a view pair (rot4: 45); ~2.6x rot4's extraction
     "hndesc-r2d2-rot8": {
         "output": "feats-hndesc-r2d2-rot8-n2500-r1024",
         "model": {

@@ -205,5 +205,6 @@ def test_list_names_each_confs_shipped_weights(capsys):
     rows = {line.split()[0]: line for line in lines if line.split()[0] in CONFS}
     assert set(rows) == set(CONFS)
     assert rows["hndesc-r2d2-rot4"].endswith("shipped weights (hndesc-r2d2-rot45)")
+    assert rows["hndesc-r2d2-rot8"].endswith("shipped weights (hndesc-r2d2-rot45)")
     assert rows["hndesc-r2d2"].endswith("shipped weights (hndesc-r2d2)")
     assert len({line.index(CONFS[name]["output"]) for name, line in rows.items()}) == 1  # aligned columns

@@ -144,3 +144,38 @@ def test_rotated_views_conf_matches_a_photo_turned_by_90_degrees_through_hloc(sa
         moved = np.stack([height - 1 - k0[valid, 1], k0[valid, 0]], -1)
         precision[name] = float(np.mean(np.linalg.norm(moved - k1[m[valid]], axis=1) < 3)) if valid.any() else 0.0
     assert precision["hndesc-r2d2-rot4"] > 0.8 and precision["hndesc-r2d2"] < 0.3, precision
+
+
+def test_eight_view_conf_matches_a_photo_turned_by_45_degrees_through_hloc(sacre_coeur, tmp_path):
+    """hndesc-r2d2-rot8 through hloc's own extract/match: at 45 degrees (the worst relative rotation
+    for four right-angle views) its resampled views keep most matches correct, rot4's do not."""
+    import cv2
+
+    root = tmp_path / "images"
+    root.mkdir()
+    photo = cv2.imread(str(sorted(sacre_coeur.glob("*.jpg"))[0]))
+    photo = cv2.resize(photo, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    height, width = photo.shape[:2]
+    # clockwise by 45 degrees on screen about the centre (cv2 counts counter-clockwise); corners leave the frame
+    affine = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), -45, 1.0)
+    cv2.imwrite(str(root / "a.png"), photo)
+    cv2.imwrite(str(root / "b.png"), cv2.warpAffine(photo, affine, (width, height), flags=cv2.INTER_LINEAR))
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("a.png b.png\n")
+    precision, correct = {}, {}
+    for name in ("hndesc-r2d2-rot4", "hndesc-r2d2-rot8"):
+        conf = {**CONFS[name], "output": f"feats-{name}"}
+        feats = extract_features.main(conf, root, tmp_path)
+        matches = match_features.main(match_features.confs["NN-mutual"], pairs, conf["output"], tmp_path)
+        with h5py.File(feats) as fd, h5py.File(matches) as fm:
+            k0, k1 = (fd[n]["keypoints"][()].astype(np.float64) for n in ("a.png", "b.png"))
+            if name == "hndesc-r2d2-rot8":
+                assert sorted(set(fd["a.png"]["oris"][()].tolist())) == [0, 45, 90, 135, 180, 225, 270, 315]
+                assert len(k0) <= 8 * 2500
+            m = fm["a.png/b.png"]["matches0"][()]
+        valid = m > -1
+        moved = k0[valid] @ affine[:, :2].T + affine[:, 2]
+        good = np.linalg.norm(moved - k1[m[valid]], axis=1) < 3
+        precision[name], correct[name] = float(good.mean()) if valid.any() else 0.0, int(good.sum())
+    assert precision["hndesc-r2d2-rot8"] > 0.8 and precision["hndesc-r2d2-rot8"] > precision["hndesc-r2d2-rot4"] + 0.15, precision
+    assert correct["hndesc-r2d2-rot8"] > 2 * correct["hndesc-r2d2-rot4"], correct

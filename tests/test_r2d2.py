@@ -288,6 +288,9 @@ def test_rotation_conf_runs_the_shipped_rotation_fine_tune():
     assert meta["config"]["data"]["homography"]["rotation"] == 90  # ±45° at difficulty 0.5
     assert meta["config"]["train"]["init_weights"] == "hloc_hndesc/checkpoints/hndesc_r2d2.pth"
     assert shipped_weights_name(get_conf("hndesc-r2d2")["model"]) == "hndesc-r2d2"
+    eight = build_extractor(get_conf("hndesc-r2d2-rot8")["model"])
+    assert eight.rotations == (0, 45, 90, 135, 180, 225, 270, 315) and eight.conf.max_keypoints == 2500
+    assert eight.weights_path == extractor.weights_path
     with pytest.raises(NoWeightsError, match="nope"):
         R2D2Extractor({"shipped": "nope"})
 

@@ -184,24 +184,25 @@ class R2D2Extractor(Extractor):
         size = (image.shape[-1], image.shape[-2])
         views = []
         for angle in self.rotations:
-            if is_right_angle(angle):
-                pred = self._forward_upright(rotate_image(image, angle), self.conf.max_keypoints)
-                pred["keypoints"] = keypoints_to_input(pred["keypoints"], angle, size)
-            else:
-                pred = self._forward_upright(rotate_image(image, angle, IMAGENET_MEAN), None)
-                pred["keypoints"] = keypoints_to_input(pred["keypoints"], angle, size)
-                keep = inside(pred["keypoints"], size, VIEW_MARGIN).nonzero()[:, 0][: self._cap(len(pred["scores"]))]
-                pred = {k: v[:, keep] if k == "descriptors" else v[keep] for k, v in pred.items()}
+            exact = is_right_angle(angle)
+            view = rotate_image(image, angle, None if exact else IMAGENET_MEAN)
+            pred = self._forward_upright(view, self.conf.max_keypoints if exact else None)
+            pred["keypoints"] = keypoints_to_input(pred["keypoints"], angle, size)
+            if not exact:
+                pred = self._keep_inside(pred, size)
             pred["oris"] = torch.full_like(pred["scores"], float(angle))
             views.append(pred)
         merged = {k: torch.cat([v[k] for v in views], -1 if k == "descriptors" else 0) for k in views[0]}
         order = torch.sort(merged["scores"], descending=True, stable=True).indices
         return {k: v[:, order] if k == "descriptors" else v[order] for k, v in merged.items()}
 
-    def _cap(self, count: int) -> int:
-        """How many of ``count`` keypoints one view keeps (``max_keypoints``; all when unset)."""
-        limit = self.conf.max_keypoints
-        return count if limit is None or limit <= 0 else min(count, limit)
+    def _keep_inside(self, pred: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """The best ``max_keypoints`` of a resampled view's score-sorted keypoints that map
+        ``VIEW_MARGIN`` px or more inside the input (the canvas around it is not the image)."""
+        keep = inside(pred["keypoints"], size, VIEW_MARGIN).nonzero()[:, 0]
+        if self.conf.max_keypoints is not None and self.conf.max_keypoints > 0:
+            keep = keep[: self.conf.max_keypoints]
+        return {k: v[:, keep] if k == "descriptors" else v[keep] for k, v in pred.items()}
 
     def _forward_upright(self, image: torch.Tensor, max_keypoints: int | None) -> dict[str, torch.Tensor]:
         """Keypoints of one view, sorted by score, the first ``max_keypoints`` (all if None or <= 0)."""
