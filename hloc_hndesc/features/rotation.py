@@ -95,7 +95,7 @@ def keypoints_to_input(keypoints: torch.Tensor, angle: float, size: tuple[int, i
     width, height = size
     x, y = keypoints[:, 0], keypoints[:, 1]
     if not is_right_angle(angle):
-        matrix = view_from_input(angle, size)
+        matrix = view_from_input(angle, size).to(keypoints.device)
         rot, shift = matrix[:, :2], matrix[:, 2]
         back = (keypoints.double() - shift) @ rot  # rot is orthonormal: its inverse is its transpose
         return back.to(keypoints.dtype)
