@@ -115,67 +115,79 @@ def test_cli_entry_point_runs_hloc_extract_features(images, tmp_path):
         assert len(fd.keys()) == 10
 
 
+def _write_pair(sacre_coeur, folder, turn) -> np.ndarray:
+    """Write a real photo (half size) as ``a.png`` and ``turn(photo)`` as ``b.png`` into ``folder``;
+    return the photo."""
+    import cv2
+
+    folder.mkdir()
+    photo = cv2.imread(str(sorted(sacre_coeur.glob("*.jpg"))[0]))
+    photo = cv2.resize(photo, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(folder / "a.png"), photo)
+    cv2.imwrite(str(folder / "b.png"), turn(photo))
+    return photo
+
+
+def _turn_45(photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (2, 3) affine turning ``photo`` clockwise by 45 degrees on screen about its centre (cv2
+    counts counter-clockwise), and the turned photo, same size (corners leave the frame)."""
+    import cv2
+
+    height, width = photo.shape[:2]
+    affine = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), -45, 1.0)
+    return affine, cv2.warpAffine(photo, affine, (width, height), flags=cv2.INTER_LINEAR)
+
+
+def _hloc_pair_matches(name: str, root, tmp_path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Conf ``name`` through hloc's own extract_features + NN-mutual on the pair a.png/b.png of
+    ``root``: keypoints of a and b, matches0 of a, and a's ``oris``."""
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("a.png b.png\n")
+    conf = {**CONFS[name], "output": f"feats-{name}"}
+    feats = extract_features.main(conf, root, tmp_path)
+    matches = match_features.main(match_features.confs["NN-mutual"], pairs, conf["output"], tmp_path)
+    with h5py.File(feats) as fd, h5py.File(matches) as fm:
+        k0, k1 = (fd[n]["keypoints"][()].astype(np.float64) for n in ("a.png", "b.png"))
+        oris = fd["a.png"]["oris"][()] if "oris" in fd["a.png"] else np.zeros(0)
+        return k0, k1, fm["a.png/b.png"]["matches0"][()], oris
+
+
+def _correct(k0: np.ndarray, k1: np.ndarray, m: np.ndarray, move) -> np.ndarray:
+    """Whether each match of ``matches0`` lands within 3 px of where ``move`` takes its keypoint."""
+    valid = m > -1
+    return np.linalg.norm(move(k0[valid]) - k1[m[valid]], axis=1) < 3
+
+
 def test_rotated_views_conf_matches_a_photo_turned_by_90_degrees_through_hloc(sacre_coeur, tmp_path):
     """hndesc-r2d2-rot4 through hloc's own extract/match: a photo and the same photo turned 90°
     clockwise match where the upright conf does not (shipped weights, real photo)."""
     import cv2
 
     root = tmp_path / "images"
-    root.mkdir()
-    photo = cv2.imread(str(sorted(sacre_coeur.glob("*.jpg"))[0]))
-    photo = cv2.resize(photo, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
-    height = photo.shape[0]
-    cv2.imwrite(str(root / "a.png"), photo)
-    cv2.imwrite(str(root / "b.png"), cv2.rotate(photo, cv2.ROTATE_90_CLOCKWISE))
-    pairs = tmp_path / "pairs.txt"
-    pairs.write_text("a.png b.png\n")
+    height = _write_pair(sacre_coeur, root, lambda p: cv2.rotate(p, cv2.ROTATE_90_CLOCKWISE)).shape[0]
     precision = {}
     for name in ("hndesc-r2d2", "hndesc-r2d2-rot4"):
-        conf = {**CONFS[name], "output": f"feats-{name}"}
-        feats = extract_features.main(conf, root, tmp_path)
-        matches = match_features.main(match_features.confs["NN-mutual"], pairs, conf["output"], tmp_path)
-        with h5py.File(feats) as fd, h5py.File(matches) as fm:
-            k0, k1 = (fd[n]["keypoints"][()].astype(np.float64) for n in ("a.png", "b.png"))
-            if name == "hndesc-r2d2-rot4":
-                assert sorted(set(fd["a.png"]["oris"][()].tolist())) == [0.0, 90.0, 180.0, 270.0]
-            m = fm["a.png/b.png"]["matches0"][()]
-        valid = m > -1
+        k0, k1, m, oris = _hloc_pair_matches(name, root, tmp_path)
+        if name == "hndesc-r2d2-rot4":
+            assert sorted(set(oris.tolist())) == [0.0, 90.0, 180.0, 270.0]
         # clockwise by 90°: (x, y) -> (height - 1 - y, x)
-        moved = np.stack([height - 1 - k0[valid, 1], k0[valid, 0]], -1)
-        precision[name] = float(np.mean(np.linalg.norm(moved - k1[m[valid]], axis=1) < 3)) if valid.any() else 0.0
+        good = _correct(k0, k1, m, lambda k: np.stack([height - 1 - k[:, 1], k[:, 0]], -1))
+        precision[name] = float(good.mean()) if len(good) else 0.0
     assert precision["hndesc-r2d2-rot4"] > 0.8 and precision["hndesc-r2d2"] < 0.3, precision
 
 
 def test_eight_view_conf_matches_a_photo_turned_by_45_degrees_through_hloc(sacre_coeur, tmp_path):
     """hndesc-r2d2-rot8 through hloc's own extract/match: at 45 degrees (the worst relative rotation
     for four right-angle views) its resampled views keep most matches correct, rot4's do not."""
-    import cv2
-
     root = tmp_path / "images"
-    root.mkdir()
-    photo = cv2.imread(str(sorted(sacre_coeur.glob("*.jpg"))[0]))
-    photo = cv2.resize(photo, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
-    height, width = photo.shape[:2]
-    # clockwise by 45 degrees on screen about the centre (cv2 counts counter-clockwise); corners leave the frame
-    affine = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), -45, 1.0)
-    cv2.imwrite(str(root / "a.png"), photo)
-    cv2.imwrite(str(root / "b.png"), cv2.warpAffine(photo, affine, (width, height), flags=cv2.INTER_LINEAR))
-    pairs = tmp_path / "pairs.txt"
-    pairs.write_text("a.png b.png\n")
+    affine = _turn_45(_write_pair(sacre_coeur, root, lambda photo: _turn_45(photo)[1]))[0]
     precision, correct = {}, {}
     for name in ("hndesc-r2d2-rot4", "hndesc-r2d2-rot8"):
-        conf = {**CONFS[name], "output": f"feats-{name}"}
-        feats = extract_features.main(conf, root, tmp_path)
-        matches = match_features.main(match_features.confs["NN-mutual"], pairs, conf["output"], tmp_path)
-        with h5py.File(feats) as fd, h5py.File(matches) as fm:
-            k0, k1 = (fd[n]["keypoints"][()].astype(np.float64) for n in ("a.png", "b.png"))
-            if name == "hndesc-r2d2-rot8":
-                assert sorted(set(fd["a.png"]["oris"][()].tolist())) == [0, 45, 90, 135, 180, 225, 270, 315]
-                assert len(k0) <= 8 * 2500
-            m = fm["a.png/b.png"]["matches0"][()]
-        valid = m > -1
-        moved = k0[valid] @ affine[:, :2].T + affine[:, 2]
-        good = np.linalg.norm(moved - k1[m[valid]], axis=1) < 3
-        precision[name], correct[name] = float(good.mean()) if valid.any() else 0.0, int(good.sum())
+        k0, k1, m, oris = _hloc_pair_matches(name, root, tmp_path)
+        if name == "hndesc-r2d2-rot8":
+            assert sorted(set(oris.tolist())) == [0, 45, 90, 135, 180, 225, 270, 315]
+            assert len(k0) <= 8 * 2500
+        good = _correct(k0, k1, m, lambda k: k @ affine[:, :2].T + affine[:, 2])
+        precision[name], correct[name] = float(good.mean()) if len(good) else 0.0, int(good.sum())
     assert precision["hndesc-r2d2-rot8"] > 0.8 and precision["hndesc-r2d2-rot8"] > precision["hndesc-r2d2-rot4"] + 0.15, precision
     assert correct["hndesc-r2d2-rot8"] > 2 * correct["hndesc-r2d2-rot4"], correct
